@@ -1,0 +1,154 @@
+"""Checkpoints: a Hugging Face directory plain `from_pretrained` loads, plus the state to resume exactly.
+
+    output_dir/checkpoints/step-000100/
+        config.json, generation_config.json, model.safetensors   <- the policy, full (unsharded) weights
+        tokenizer / processor files                              <- so eval.py and from_pretrained need nothing else
+        train_state.pt        optimizer (full, FQN-keyed), scheduler, step, data position, RNG of rank 0
+        rng_rank{r}.pt        RNG states of every rank (torch, CUDA, python, numpy)
+
+A checkpoint is written into `step-N.tmp` and renamed to `step-N` only when complete, so a run killed
+mid-save leaves the previous good checkpoint as the latest; stale `.tmp` folders are removed at the
+next save. Weights and optimizer state are gathered to full tensors with torch's distributed
+state-dict API, which serves plain and FSDP2-sharded models alike; loading goes through the same API
+(`broadcast_from_rank0`). Everything is read with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+
+from . import distributed
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_root(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = checkpoint_root(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / "train_state.pt").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    checkpoints = list_checkpoints(output_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a run draws from, in types `torch.load(weights_only=True)` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _full_options() -> StateDictOptions:
+    # cpu_offload gathers onto rank 0's CPU only, so other ranks hold nothing (needs a process group).
+    return StateDictOptions(full_state_dict=True, cpu_offload=torch.distributed.is_initialized())
+
+
+def save_checkpoint(
+    output_dir: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    processor: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    train_state: dict[str, Any],
+    *,
+    rank: int,
+    keep_last: int,
+) -> Path:
+    """Collective: every rank calls it. Returns the final checkpoint directory."""
+    root = checkpoint_root(output_dir)
+    final = root / f"step-{step:06d}"
+    tmp = root / f"step-{step:06d}.tmp"
+    model_state = get_model_state_dict(model, options=_full_options())
+    optim_state = get_optimizer_state_dict(model, optimizer, options=_full_options())
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob("*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+    distributed.barrier()
+    torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
+    if rank == 0:
+        model.save_pretrained(tmp, state_dict={k: v.contiguous() for k, v in model_state.items()})
+        if processor is not None:
+            processor.save_pretrained(tmp)
+        state = {
+            "step": step,
+            "optimizer": optim_state,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            **train_state,
+        }
+        torch.save(state, tmp / "train_state.pt")
+    distributed.barrier()
+    if rank == 0:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(output_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier()
+    return final
+
+
+def load_train_state(
+    checkpoint: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    *,
+    rank: int,
+) -> dict[str, Any]:
+    """Restore optimizer, scheduler and this rank's RNG; return the saved train state (step, data position…).
+
+    The weights themselves are loaded by building the policy from the checkpoint directory.
+    """
+    checkpoint = Path(checkpoint)
+    state = torch.load(checkpoint / "train_state.pt", weights_only=True, map_location="cpu")
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=torch.distributed.is_initialized())
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state.pop("optimizer"), options=options)
+    scheduler_state = state.pop("scheduler")
+    if scheduler is not None and scheduler_state is not None:
+        scheduler.load_state_dict(scheduler_state)
+    rng_file = checkpoint / f"rng_rank{rank}.pt"
+    if not rng_file.is_file():
+        raise FileNotFoundError(f"{rng_file}: missing; was the run resumed with a different number of ranks?")
+    set_rng_state(torch.load(rng_file, weights_only=True))
+    return state

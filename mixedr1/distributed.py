@@ -1,0 +1,168 @@
+"""Everything distributed lives here (STYLE 5): process group, FSDP2 sharding, rank-0 helpers.
+
+The same entry point runs under `python` (world size 1, no process group) and `torchrun` (NCCL on
+CUDA, gloo on CPU). Model, loss and reward code never call `torch.distributed`; they get tensors.
+
+FSDP2 (`fully_shard`) shards each decoder layer and each vision block as its own unit, then the root.
+Generation needs the whole model gathered: `gathered_for_generation` unshards every unit once and
+keeps it unsharded through the decode loop, so no collective runs inside it and a rank whose
+sequences finish early never waits on another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(backend: str = "auto", device: str = "auto") -> DistInfo:
+    """Join the torchrun process group when launched by torchrun; otherwise a world of one."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world_size > 1 and not dist.is_initialized():
+        if backend == "auto":
+            backend = "nccl" if use_cuda else "gloo"
+        kwargs = {"device_id": dev} if backend == "nccl" else {}
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30), **kwargs)
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def destroy_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def barrier() -> None:
+    if _active():
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks, in place; the identity in a world of one."""
+    if _active():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    if _active():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order (picklable objects; small things like metrics and records)."""
+    if not _active():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    if not _active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def print0(*args, **kwargs) -> None:
+    if not _active() or dist.get_rank() == 0:
+        print(*args, **kwargs, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# FSDP2
+
+
+def shardable_blocks(model: nn.Module) -> list[nn.Module]:
+    """Decoder layers and vision blocks: the modules that become FSDP units of their own.
+
+    Found by class name (`*DecoderLayer`, `*VisionBlock`, `*EncoderLayer`) so Qwen2-VL, Qwen2.5-VL and
+    InternVL's native classes are covered without a per-family table.
+    """
+    suffixes = ("DecoderLayer", "VisionBlock", "EncoderLayer", "VisionEncoderLayer")
+    return [m for m in model.modules() if type(m).__name__.endswith(suffixes)]
+
+
+def shard_model(
+    model: nn.Module,
+    *,
+    param_dtype: torch.dtype | None = None,
+    reshard_after_forward: bool = True,
+    cpu_offload: bool = False,
+) -> nn.Module:
+    """Apply FSDP2: `fully_shard` on every decoder layer and vision block, then on the root.
+
+    `param_dtype` (bf16 on GPU) is FSDP2's mixed-precision policy: parameters are all-gathered and
+    computed in bf16 while the sharded master copy and the optimizer state stay in fp32; gradients
+    are reduced in fp32.
+    """
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    kwargs: dict[str, Any] = {"reshard_after_forward": reshard_after_forward}
+    if param_dtype is not None:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    if cpu_offload:
+        kwargs["offload_policy"] = CPUOffloadPolicy()
+    for block in shardable_blocks(model):
+        fully_shard(block, **kwargs)
+    fully_shard(model, **kwargs)
+    return model
+
+
+def fsdp_units(model: nn.Module) -> list[nn.Module]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+@contextlib.contextmanager
+def gathered_for_generation(model: nn.Module, reshard_after_forward: bool = True) -> Iterator[nn.Module]:
+    """Keep an FSDP2 model unsharded for a whole decode loop; a plain model passes through.
+
+    Each unit is all-gathered once here (a collective every rank enters together); inside, forwards
+    run with no communication. On exit every unit is resharded and its usual policy restored.
+    """
+    units = fsdp_units(model)
+    if not units:
+        yield model
+        return
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()
+    try:
+        yield model
+    finally:
+        for unit in units:
+            unit.reshard()
+            unit.set_reshard_after_forward(reshard_after_forward, recurse=False)
