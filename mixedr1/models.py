@@ -1,0 +1,523 @@
+"""Loading the policy and its processor from a local Hugging Face directory, and a tiny test model.
+
+What lives here:
+
+- `load_model` / `load_processor` / `load_policy_and_processor`: local directories only
+  (`local_files_only=True`), Qwen2.5-VL (the paper's), Qwen2-VL and InternVL in transformers'
+  native format through `AutoModelForImageTextToText`.
+- `QwenVLImageOnlyProcessor`: Qwen2.5-VL's processor without the video processor. In transformers 5
+  the stock `Qwen2_5_VLProcessor` insists on a video processor, and every video processor needs
+  torchvision (which has no CPU wheel on some machines). Mixed-R1 trains on images only, so the
+  processor here holds the PIL/numpy image processor and the tokenizer and nothing else. It calls
+  the same code as the stock processor for text and images (same `input_ids`, `pixel_values`,
+  `image_grid_thw`).
+- `resized_image_size` / `scale_box_to_model_frame`: the processor's own resize rule, so that
+  grounding boxes (SPEC §1: original pixels) can be mapped into the frame the model sees (SPEC §2,
+  §3: Qwen2.5-VL answers in absolute pixels of the resized image).
+- `build_tiny_model` (and `python -m mixedr1.models tiny --out DIR`): a random-initialised
+  Qwen2.5-VL with the real architecture at toy size, a byte-level BPE tokenizer trained on the fly,
+  Qwen's special tokens and chat template. Tests and the CPU demo run the real code paths on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    GenerationConfig,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+)
+from transformers.processing_utils import ProcessorMixin
+
+from mixedr1.config import ModelConfig
+
+# ----------------------------------------------------------------------------------------------
+# Choices: dtype and attention kernel
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """"auto" = bf16 on CUDA (what Qwen2.5-VL was trained in), fp32 on CPU (bf16 matmuls are slow there)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"model.dtype: expected one of 'auto', {', '.join(map(repr, names))}, got {dtype!r}")
+    return names[dtype]
+
+
+def resolve_attn_implementation(attn_implementation: str, device: torch.device) -> str:
+    """"auto" = flash_attention_2 when flash_attn is installed and the model runs on CUDA, else sdpa."""
+    if attn_implementation != "auto":
+        return attn_implementation
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def _local_dir(path: str | Path, what: str) -> Path:
+    """A local model directory, or an error naming the path (we never download: SPEC runs are offline)."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"{what} directory not found: {path} (expected a local Hugging Face directory with config.json; "
+            f"models are never downloaded, copy or `huggingface-cli download` them first)"
+        )
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{what} directory {path} has no config.json: is it a Hugging Face model directory?")
+    return path
+
+
+def _model_type(path: Path) -> str:
+    with open(path / "config.json") as f:
+        return json.load(f).get("model_type", "")
+
+
+QWEN_VL_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl")
+
+# ----------------------------------------------------------------------------------------------
+# Model
+
+
+def load_model(
+    path: str | Path,
+    *,
+    dtype: str | torch.dtype = "auto",
+    attn_implementation: str = "auto",
+    trust_remote_code: bool = False,
+    device: str | torch.device | None = None,
+) -> nn.Module:
+    """Load a vision-language model from a local directory onto `device` (default CPU), in eval mode.
+
+    Uses `AutoModelForImageTextToText` (Qwen2-VL, Qwen2.5-VL, native InternVL, LLaVA-like). Only with
+    `trust_remote_code=True` does a directory whose config transformers does not know fall back to
+    `AutoModelForCausalLM` with the directory's own code (e.g. InternVL's original release).
+    """
+    path = _local_dir(path, "model")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    kwargs = dict(
+        dtype=resolve_dtype(dtype, device),
+        attn_implementation=resolve_attn_implementation(attn_implementation, device),
+        local_files_only=True,
+        trust_remote_code=trust_remote_code,
+    )
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    except ValueError as e:  # "Unrecognized configuration class ..." for remote-code-only models
+        if not trust_remote_code:
+            raise ValueError(
+                f"{path}: transformers has no image-text-to-text class for this config ({e}). If the directory "
+                f"ships its own modelling code, set model.trust_remote_code=true."
+            ) from None
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    return model.to(device).eval()
+
+
+def vision_tower(model: nn.Module) -> nn.Module:
+    """The vision encoder of a VLM: `model.model.visual` (Qwen2/2.5-VL, including its patch merger),
+    `model.model.vision_tower` (InternVL, LLaVA-like) or `vision_model` (remote-code InternVL)."""
+    for owner in (model, getattr(model, "model", None)):
+        for name in ("visual", "vision_tower", "vision_model"):
+            module = getattr(owner, name, None) if owner is not None else None
+            if isinstance(module, nn.Module):
+                return module
+    raise ValueError(
+        f"{type(model).__name__}: found no vision module (looked for visual, vision_tower, vision_model on the "
+        f"model and on model.model); cannot freeze the vision tower of this architecture"
+    )
+
+
+def freeze_vision_tower(model: nn.Module) -> int:
+    """Stop gradients through the vision encoder (VLM-R1 / EasyR1 default); returns the frozen parameter count."""
+    tower = vision_tower(model)
+    count = 0
+    for p in tower.parameters():
+        p.requires_grad_(False)
+        count += p.numel()
+    return count
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Non-reentrant checkpointing: works with a frozen vision tower (inputs without grad) and FSDP2.
+    The caller must also run training forwards with `use_cache=False`."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # the new name (transformers >= 5.2x); the old one warns
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Processor
+
+
+def _pil_qwen_image_processor_class():
+    """The PIL/numpy Qwen2-VL image processor (no torchvision).
+
+    transformers >= 5.1 names it `Qwen2VLImageProcessorPil` (the plain name became the torchvision one);
+    earlier releases called the PIL one `Qwen2VLImageProcessor`.
+    """
+    try:
+        module = importlib.import_module("transformers.models.qwen2_vl.image_processing_pil_qwen2_vl")
+        return module.Qwen2VLImageProcessorPil
+    except ImportError:
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+
+        return Qwen2VLImageProcessor
+
+
+class QwenVLImageOnlyProcessor(Qwen2_5_VLProcessor):
+    """Qwen2.5-VL's processor with only `image_processor` and `tokenizer` (no video, no torchvision).
+
+    transformers reads a processor's parts from its `__init__` signature (and, in older releases,
+    from `attributes`), so declaring two arguments is what removes the video processor. Text and
+    image handling are inherited unchanged. Qwen2-VL uses the same processing and token names.
+    """
+
+    attributes = ["image_processor", "tokenizer"]  # older transformers read the parts from here
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+        self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path, min_pixels=None, max_pixels=None, **kwargs):
+        """Build from a Qwen2-VL/2.5-VL directory (ours or an official one): the PIL image processor
+        from its image-processor config, the tokenizer, and the chat template. Local files only."""
+        path = Path(path)
+        kwargs["local_files_only"] = True
+        pixel_kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
+        image_processor = _pil_qwen_image_processor_class().from_pretrained(path, **kwargs, **pixel_kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        return cls(image_processor, tokenizer, chat_template=_read_chat_template(path, tokenizer))
+
+
+def _read_chat_template(path: Path, tokenizer) -> Optional[str]:
+    """transformers 5 saves `chat_template.jinja`; older checkpoints (e.g. the official Qwen2.5-VL)
+    carry `chat_template.json` or keep it in the tokenizer config."""
+    if (path / "chat_template.jinja").is_file():
+        return (path / "chat_template.jinja").read_text()
+    if (path / "chat_template.json").is_file():
+        with open(path / "chat_template.json") as f:
+            return json.load(f)["chat_template"]
+    return getattr(tokenizer, "chat_template", None)
+
+
+def load_processor(
+    path: str | Path,
+    *,
+    min_pixels: Optional[int] = None,
+    max_pixels: Optional[int] = None,
+    trust_remote_code: bool = False,
+):
+    """The processor of a local model directory.
+
+    Qwen2-VL / Qwen2.5-VL get `QwenVLImageOnlyProcessor` (PIL image processor, no torchvision), with
+    `min_pixels` / `max_pixels` (bounds on H*W after resize) set on the image processor when given.
+    Other families go through `AutoProcessor` (their video processors may need torchvision).
+    """
+    path = _local_dir(path, "processor")
+    if _model_type(path) in QWEN_VL_MODEL_TYPES:
+        return QwenVLImageOnlyProcessor.from_pretrained(path, min_pixels=min_pixels, max_pixels=max_pixels)
+    if min_pixels is not None or max_pixels is not None:
+        raise ValueError(f"{path}: model.min_pixels / model.max_pixels only apply to Qwen2-VL / Qwen2.5-VL processors")
+    try:
+        return AutoProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+    except ImportError as e:
+        raise ImportError(f"{path}: loading this processor failed ({e}); its video processor may need torchvision") from e
+
+
+def load_policy_and_processor(model_cfg: ModelConfig, device: str | torch.device, *, tiny_dir: str | Path | None = None):
+    """The policy (with the config's freezing and checkpointing applied) and its processor.
+
+    `model_cfg.path == "tiny"` builds the random tiny Qwen2.5-VL into `tiny_dir` (or a fresh temporary
+    folder) unless a model is already there, so the reference model can be loaded from the same place.
+    Returns `(model, processor, path)`.
+    """
+    path = Path(model_cfg.path)
+    if model_cfg.path == "tiny":
+        import tempfile
+
+        path = Path(tiny_dir) if tiny_dir is not None else Path(tempfile.mkdtemp(prefix="mixedr1-tiny-"))
+        if not (path / "config.json").is_file():
+            build_tiny_model(path)
+    model = load_model(
+        path,
+        dtype=model_cfg.dtype,
+        attn_implementation=model_cfg.attn_implementation,
+        trust_remote_code=model_cfg.trust_remote_code,
+        device=device,
+    )
+    if model_cfg.freeze_vision:
+        freeze_vision_tower(model)
+    if model_cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    processor = load_processor(
+        path,
+        min_pixels=model_cfg.min_pixels,
+        max_pixels=model_cfg.max_pixels,
+        trust_remote_code=model_cfg.trust_remote_code,
+    )
+    return model, processor, path
+
+
+# ----------------------------------------------------------------------------------------------
+# The model's image frame (SPEC §2, §3)
+
+
+def _smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen2-VL's resize rule, used only when the processor's module does not expose its own copy:
+    both sides multiples of `factor`, H*W within [min_pixels, max_pixels], aspect ratio kept."""
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def pixel_bounds(image_processor) -> tuple[int, int]:
+    """(min_pixels, max_pixels) of a Qwen image processor, across transformers versions."""
+    size = getattr(image_processor, "size", None) or {}
+    get = size.get if isinstance(size, dict) else lambda k: getattr(size, k, None)
+    lo = get("shortest_edge") or getattr(image_processor, "min_pixels", None)
+    hi = get("longest_edge") or getattr(image_processor, "max_pixels", None)
+    if lo is None or hi is None:
+        raise ValueError(f"{type(image_processor).__name__}: cannot read min/max pixels from size={size!r}")
+    return int(lo), int(hi)
+
+
+def resized_image_size(processor, height: int, width: int) -> tuple[int, int]:
+    """(new_h, new_w) of a `height` x `width` image after the processor's resize: the frame in which
+    Qwen2.5-VL reads and writes absolute box coordinates.
+
+    Qwen: `smart_resize` with factor = patch_size * merge_size and the processor's min/max pixels
+    (taken from the processor's own module, so it is the rule the processor actually runs).
+    Processors that resize to a fixed size (`size = {height, width}`) return that size.
+    """
+    image_processor = getattr(processor, "image_processor", processor)
+    patch_size = getattr(image_processor, "patch_size", None)
+    merge_size = getattr(image_processor, "merge_size", None)
+    if patch_size is not None and merge_size is not None:
+        if not getattr(image_processor, "do_resize", True):
+            return height, width
+        rule = getattr(sys.modules.get(type(image_processor).__module__), "smart_resize", _smart_resize)
+        min_pixels, max_pixels = pixel_bounds(image_processor)
+        new_h, new_w = rule(height, width, factor=patch_size * merge_size, min_pixels=min_pixels, max_pixels=max_pixels)
+        return int(new_h), int(new_w)
+    size = getattr(image_processor, "size", None) or {}
+    get = size.get if isinstance(size, dict) else lambda k: getattr(size, k, None)
+    if get("height") and get("width"):
+        return int(get("height")), int(get("width"))
+    raise NotImplementedError(f"{type(image_processor).__name__}: unknown resize rule; cannot map boxes into the model's frame")
+
+
+def resize_to_model_frame(processor, image):
+    """The PIL image resized as the model sees it (same size and resampling filter as the processor):
+    to draw predicted boxes on, or to check where a box lands."""
+    from PIL import Image
+
+    image_processor = getattr(processor, "image_processor", processor)
+    new_h, new_w = resized_image_size(processor, image.height, image.width)
+    resample = Image.Resampling(int(getattr(image_processor, "resample", Image.Resampling.BICUBIC)))
+    return image.resize((new_w, new_h), resample=resample)
+
+
+def scale_box_to_model_frame(
+    box: Sequence[float], orig_hw: tuple[int, int], new_hw: tuple[int, int]
+) -> list[float]:
+    """Map `[x1, y1, x2, y2]` from the original image's pixels to the resized image's pixels.
+
+    Coordinates are continuous pixel edges (PIL's crop convention: a box around pixels 10..19 is
+    [10, 20]), so the map is a pure per-axis scale: x * new_w / orig_w, y * new_h / orig_h.
+    """
+    (orig_h, orig_w), (new_h, new_w) = orig_hw, new_hw
+    sx, sy = new_w / orig_w, new_h / orig_h
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return [x1 * sx, y1 * sy, x2 * sx, y2 * sy]
+
+
+# ----------------------------------------------------------------------------------------------
+# Tiny Qwen2.5-VL for tests and the CPU demo
+
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+# Qwen2.5-VL's chat template, reduced to what this codebase uses (text, images, videos; no tools).
+QWEN_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# A small corpus so that the prompt and answer vocabulary become single, cheap tokens.
+_TINY_CORPUS = [
+    "<think> </think> <answer> </answer>",
+    "<think>Looking at the image, the answer is yes.</think><answer>yes</answer>",
+    "<think>I count the shapes in the picture.</think><answer>B</answer>",
+    "Output the thinking process in <think> </think> and the final answer in <answer> </answer> tags.",
+    "Answer with yes or no. Answer with the option letter. Answer with a number or short text.",
+    "the box [x1, y1, x2, y2] in absolute pixel coordinates of the image",
+    "Is there a red circle? How many squares are there? What is the value of bar B?",
+    "Locate the blue square. Describe the image in one sentence.",
+    "A red circle and two blue squares on a white background.",
+    "A. 1\nB. 2\nC. 3\nD. 4\nE. 5",
+    "yes no Yes No A B C D E (A) (B) (C) (D) (E) A. B. C. D. E.",
+    "0 1 2 3 4 5 6 7 8 9 10 12 25 50 100 [ ] ( ) { } , . : ; ? ! % $ - + = \" '",
+    '{"bbox_2d": [10, 20, 30, 40]} [12, 34, 56, 78]',
+    "red green blue yellow purple orange black white circle square triangle bar chart value",
+    "one two three four five shape shapes object objects image picture background",
+    "The quick brown fox jumps over the lazy dog. There is a small circle in the top left corner.",
+    "First, second, third. So the answer is the largest value in the chart.",
+]
+
+
+def _train_tiny_tokenizer(vocab_size: int = 800):
+    """Byte-level BPE trained on `_TINY_CORPUS` (any text round-trips), with Qwen's special tokens."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    # Digits are split one by one like Qwen2's pre-tokenizer, so any number costs len(digits) tokens.
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=QWEN_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_TINY_CORPUS * 20, trainer)
+    # The reasoning tags are whole tokens (as plain, non-special added tokens: decoding keeps them),
+    # so a random tiny policy can emit the format of SPEC §3 by chance within a few tokens.
+    tokenizer.add_tokens([AddedToken(t, normalized=False) for t in ("<think>", "</think>", "<answer>", "</answer>")])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=QWEN_SPECIAL_TOKENS[1:],
+        model_max_length=32768,
+    )
+
+
+def build_tiny_model(out_dir: str | Path, seed: int = 0, max_pixels: int = 28 * 28 * 16) -> Path:
+    """Write a random tiny Qwen2.5-VL (weights, tokenizer, chat template, generation config, image-only
+    processor) to `out_dir`; a few MB. `max_pixels` caps the resized image at 16 merged tokens."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = _train_tiny_tokenizer()
+    token_id = tokenizer.convert_tokens_to_ids
+    hidden, heads = 64, 4
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=heads,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            # M-RoPE splits head_dim/2 = 8 rotary frequencies over (temporal, height, width).
+            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]},
+            bos_token_id=token_id("<|endoftext|>"),
+            eos_token_id=token_id("<|im_end|>"),
+            pad_token_id=token_id("<|endoftext|>"),
+        ),
+        vision_config=dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=56,
+            fullatt_block_indexes=[1],
+            out_hidden_size=hidden,
+        ),
+        image_token_id=token_id("<|image_pad|>"),
+        video_token_id=token_id("<|video_pad|>"),
+        vision_start_token_id=token_id("<|vision_start|>"),
+        vision_end_token_id=token_id("<|vision_end|>"),
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=token_id("<|endoftext|>"),
+        eos_token_id=[token_id("<|im_end|>"), token_id("<|endoftext|>")],
+        pad_token_id=token_id("<|endoftext|>"),
+    )
+    model.save_pretrained(out_dir)
+
+    image_processor = _pil_qwen_image_processor_class()(min_pixels=28 * 28 * 4, max_pixels=max_pixels)
+    processor = QwenVLImageOnlyProcessor(image_processor, tokenizer, chat_template=QWEN_CHAT_TEMPLATE)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def _main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mixedr1.models", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    tiny = sub.add_parser("tiny", help="write a random tiny Qwen2.5-VL to --out")
+    tiny.add_argument("--out", required=True)
+    tiny.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    path = build_tiny_model(args.out, seed=args.seed)
+    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    print(f"wrote a tiny Qwen2.5-VL to {path} ({size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    _main()
