@@ -1,0 +1,173 @@
+"""The forward that training runs: log-probs of completion tokens after their prompt and images.
+
+`PolicyModel` wraps a Hugging Face vision-language model. Its `forward` is the update's forward —
+embed `[prompt | completion]` rows, put the image features in place of the image tokens, run the
+language model, and score only the completion tokens with the chunked log-prob function (the
+`[N, T, V]` logits never exist). Being the FSDP2 root, its forward gathers the parameters that live
+outside the decoder layers and vision blocks (embeddings, final norm, LM head).
+
+The vision tower runs once per prompt, not once per sample: `image_features` encodes each prompt's
+images and the rows of a group reuse them (indexing, no copy of pixel data). With the vision tower
+frozen (the default), features are computed once per step under no_grad and shared by the policy's
+micro-batches, every update epoch and the reference model.
+
+Positions: the Qwen2-VL family uses 3-D mRoPE (`mixedr1.positions`); other families (InternVL)
+use plain 1-D positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .logprobs import completion_logprobs
+from .models import vision_tower
+from .positions import append_text_positions, mrope_position_ids
+
+
+def uses_mrope(hf_model: nn.Module) -> bool:
+    return getattr(hf_model.config, "model_type", "") in ("qwen2_vl", "qwen2_5_vl")
+
+
+def image_token_id(hf_model: nn.Module) -> int:
+    config = hf_model.config
+    for name in ("image_token_id", "image_token_index"):
+        if getattr(config, name, None) is not None:
+            return int(getattr(config, name))
+    raise ValueError(f"{type(hf_model).__name__}: config has no image_token_id")
+
+
+def image_features(
+    hf_model: nn.Module,
+    pixel_values: torch.Tensor,  # [S, C] Qwen patches of all images (or [I, 3, H, W] for InternVL)
+    image_grid_thw: torch.Tensor | None,  # [I, 3]
+) -> torch.Tensor:  # [K, D] the image tokens' embeddings, images in order
+    """Run the vision tower (with its merger/projector) on a batch of images."""
+    if uses_mrope(hf_model):
+        tower = vision_tower(hf_model)
+        out = tower(pixel_values.to(next(tower.parameters()).dtype), grid_thw=image_grid_thw)
+        # transformers 5 returns an output object whose pooler_output is the merged tokens; 4.x a tensor.
+        return out.pooler_output if hasattr(out, "pooler_output") else out
+    feats = hf_model.model.get_image_features(pixel_values=pixel_values)
+    feats = feats.pooler_output if hasattr(feats, "pooler_output") else feats
+    return feats.reshape(-1, feats.shape[-1])
+
+
+def split_per_image(features: torch.Tensor, tokens_per_image: list[int]) -> list[torch.Tensor]:
+    return list(torch.split(features, tokens_per_image))
+
+
+def tokens_per_image(hf_model: nn.Module, image_grid_thw: torch.Tensor) -> list[int]:
+    merge = hf_model.config.vision_config.spatial_merge_size
+    return (image_grid_thw.prod(-1) // merge**2).tolist()
+
+
+@dataclass
+class SequenceBatch:
+    """`[prompt | completion]` rows of one step, with what the forward needs. N = B*G rows."""
+
+    input_ids: torch.Tensor  # [N, L] prompt (left-padded, P) then completion (right-padded, T)
+    attention_mask: torch.Tensor  # [N, L]
+    position_ids: torch.Tensor  # [3, N, L] mRoPE, or [N, L] for 1-D families
+    completion_mask: torch.Tensor  # [N, T] 1 for completion tokens up to and including EOS
+    prompt_index: torch.Tensor  # [N] row -> prompt (rows of a group contiguous)
+    num_completion_tokens: int  # T
+
+    def rows(self, index: torch.Tensor) -> "SequenceBatch":
+        """A micro-batch: the rows `index` ([n]) of every field."""
+        pos = self.position_ids[:, index] if self.position_ids.dim() == 3 else self.position_ids[index]
+        return SequenceBatch(
+            self.input_ids[index], self.attention_mask[index], pos, self.completion_mask[index],
+            self.prompt_index[index], self.num_completion_tokens,
+        )
+
+
+def build_sequences(
+    hf_model: nn.Module,
+    prompt_ids: torch.Tensor,  # [B, P] left-padded
+    prompt_mask: torch.Tensor,  # [B, P]
+    image_grid_thw: torch.Tensor | None,  # [I, 3]
+    completion_ids: torch.Tensor,  # [N, T] right-padded (pad is a valid id)
+    completion_mask: torch.Tensor,  # [N, T]
+    prompt_index: torch.Tensor,  # [N]
+) -> SequenceBatch:
+    """Concatenate each row's prompt and completion, with positions computed once per prompt."""
+    T = completion_ids.shape[1]
+    input_ids = torch.cat([prompt_ids[prompt_index], completion_ids], dim=1)  # [N, P+T]
+    attention_mask = torch.cat([prompt_mask[prompt_index], completion_mask.to(prompt_mask.dtype)], dim=1)
+    if uses_mrope(hf_model):
+        merge = hf_model.config.vision_config.spatial_merge_size
+        prompt_pos, next_pos = mrope_position_ids(prompt_ids, prompt_mask, image_grid_thw, image_token_id(hf_model), merge)
+        position_ids = append_text_positions(prompt_pos[:, prompt_index], next_pos[prompt_index], T)  # [3, N, P+T]
+    else:
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [N, P+T]
+    return SequenceBatch(input_ids, attention_mask, position_ids, completion_mask, prompt_index, T)
+
+
+def row_image_embeds(
+    features_per_prompt: list[torch.Tensor],  # B entries of [k_b, D]
+    prompt_index: torch.Tensor,  # [n]
+) -> torch.Tensor | None:  # [sum k, D]
+    """The image features of each row's prompt, in row order (what masked_scatter consumes)."""
+    parts = [features_per_prompt[i] for i in prompt_index.tolist() if features_per_prompt[i].numel()]
+    return torch.cat(parts) if parts else None
+
+
+def features_per_prompt(
+    hf_model: nn.Module,
+    pixel_values: torch.Tensor | None,
+    image_grid_thw: torch.Tensor | None,  # [I, 3]
+    images_per_prompt: list[int],  # [B]
+) -> list[torch.Tensor]:
+    """Encode every image once and group the features by prompt: B entries of `[k_b, D]`."""
+    hidden = hf_model.config.get_text_config().hidden_size
+    if pixel_values is None or image_grid_thw is None or sum(images_per_prompt) == 0:
+        return [torch.zeros(0, hidden) for _ in images_per_prompt]
+    per_image = split_per_image(image_features(hf_model, pixel_values, image_grid_thw), tokens_per_image(hf_model, image_grid_thw))
+    out, start = [], 0
+    for count in images_per_prompt:
+        chunk = per_image[start : start + count]
+        out.append(torch.cat(chunk) if chunk else per_image[0].new_zeros(0, per_image[0].shape[-1]))
+        start += count
+    return out
+
+
+class PolicyModel(nn.Module):
+    """A VLM whose forward returns completion log-probs (and entropy): the FSDP2 root for training."""
+
+    def __init__(self, hf_model: nn.Module, chunk_size: int | None = None):
+        super().__init__()
+        self.hf = hf_model
+        self.chunk_size = chunk_size
+
+    def forward(
+        self,
+        batch: SequenceBatch,
+        image_embeds: torch.Tensor | None,  # [K, D] features for the image tokens of these rows, in order
+        *,
+        temperature: float = 1.0,
+        with_entropy: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:  # logprobs [n, T], entropy [n, T] | None
+        hf = self.hf
+        embeds = hf.get_input_embeddings()(batch.input_ids)  # [n, L, D]
+        if image_embeds is not None:
+            mask = (batch.input_ids == image_token_id(hf)).unsqueeze(-1)  # [n, L, 1]
+            if int(mask.sum()) * embeds.shape[-1] != image_embeds.numel():
+                raise ValueError(f"{int(mask.sum())} image tokens in the rows but {image_embeds.shape[0]} image features")
+            embeds = embeds.masked_scatter(mask, image_embeds.to(embeds.dtype))
+        out = hf.model.language_model(
+            inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False
+        )
+        hidden = out.last_hidden_state  # [n, L, D]
+        T, L = batch.num_completion_tokens, batch.input_ids.shape[1]
+        hidden = hidden[:, L - T - 1 : L - 1]  # [n, T, D] states that predict the completion tokens
+        targets = batch.input_ids[:, L - T :]  # [n, T]
+        kwargs = {"chunk_size": self.chunk_size} if self.chunk_size else {}
+        head = hf.get_output_embeddings()
+        result = completion_logprobs(
+            hidden, head.weight, targets, temperature=temperature, with_entropy=with_entropy,
+            lm_head_bias=getattr(head, "bias", None), **kwargs,
+        )
+        return result if with_entropy else (result, None)
