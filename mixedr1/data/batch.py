@@ -1,0 +1,162 @@
+"""Collating records into one processor call, and mapping image patch rows back to prompts.
+
+Qwen2.5-VL takes the images of a whole batch as one flat tensor: `pixel_values` holds the patch
+rows of every image, image after image in prompt order, and `image_grid_thw[k] = (t, h, w)` says
+image k has t*h*w rows. The language model then has t*h*w / merge_size**2 `<|image_pad|>` tokens
+for it, filled in order. So each prompt's pixels are kept ONCE here (B prompts, not B*G samples);
+`patches_per_prompt` finds a prompt's rows (a prompt may have several images), and
+`pixels_for_prompts` / `repeat_pixels_for_group` copy rows only for a forward that really runs one
+sequence per sample (log-probs of B*G completions each behind its prompt's image tokens).
+
+transformers 5 needs `mm_token_type_ids` (1 at image tokens) to build Qwen's 3-D M-RoPE positions;
+without it the model silently falls back to 1-D positions. `model_inputs()` passes it when the
+processor made it, and `mm_token_type_ids_from_ids` rebuilds it for prompt+completion sequences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional, Sequence
+
+import torch
+
+from mixedr1.data.dataset import Record
+from mixedr1.data.prompt import render_prompt
+from mixedr1.models import resized_image_size
+
+
+@dataclass
+class PromptBatch:
+    """B prompts, tokenised with their images processed: the input of `generate` and of the
+    prompt part of every log-prob forward."""
+
+    input_ids: torch.Tensor  # [B, P] LEFT-padded, so every prompt ends at column P-1 and completions start at P
+    attention_mask: torch.Tensor  # [B, P] 0 on padding
+    pixel_values: torch.Tensor  # [sum_patches, C*temporal_patch*patch*patch] all images' rows, prompt-major
+    image_grid_thw: torch.Tensor  # [num_images, 3] (t, h, w) patches per image, same order as pixel rows
+    images_per_prompt: torch.Tensor  # [B] how many images each prompt has (>= 1 in SPEC §1 data)
+    mm_token_type_ids: Optional[torch.Tensor]  # [B, P] 1 at image tokens, 0 elsewhere (None if not produced)
+    records: list[Record]  # [B]
+    prompt_texts: list[str]  # [B] the rendered chat prompts
+    image_sizes: list[list[tuple[int, int]]]  # [B][images] original (height, width): grounding GT's frame
+    model_image_sizes: list[list[tuple[int, int]]]  # [B][images] (height, width) after the processor's resize
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        """Keyword arguments for `model(...)` / `model.generate(...)` on the B prompts."""
+        inputs = dict(
+            input_ids=self.input_ids,
+            attention_mask=self.attention_mask,
+            pixel_values=self.pixel_values,
+            image_grid_thw=self.image_grid_thw,
+        )
+        if self.mm_token_type_ids is not None:
+            inputs["mm_token_type_ids"] = self.mm_token_type_ids
+        return inputs
+
+    def to(self, device: torch.device | str) -> "PromptBatch":
+        """Tensors moved to `device` (pixel_values keep their float32; the model casts to its dtype)."""
+        move = lambda t: t.to(device) if t is not None else None  # noqa: E731
+        return replace(
+            self,
+            input_ids=move(self.input_ids),
+            attention_mask=move(self.attention_mask),
+            pixel_values=move(self.pixel_values),
+            image_grid_thw=move(self.image_grid_thw),
+            images_per_prompt=move(self.images_per_prompt),
+            mm_token_type_ids=move(self.mm_token_type_ids),
+        )
+
+
+def collate(records: Sequence[Record], processor, max_prompt_tokens: Optional[int] = None) -> PromptBatch:
+    """One processor call for B records: prompts from `render_prompt`, images read now, left padding.
+
+    `max_prompt_tokens` (text + image tokens) raises an error naming the record, since a truncated
+    prompt would cut image tokens and break the model's image-token count check.
+    """
+    if not records:
+        raise ValueError("collate: expected at least one record")
+    texts = [render_prompt(r, processor) for r in records]
+    images_by_prompt = [r.load_images() for r in records]
+    images = [image for per_prompt in images_by_prompt for image in per_prompt]
+    inputs = processor(
+        text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt"
+    )
+    attention_mask = inputs["attention_mask"]  # [B, P]
+    if not bool(attention_mask[:, -1].all()):
+        raise RuntimeError("collate: the processor did not left-pad the prompts (generation needs left padding)")
+    if max_prompt_tokens is not None:
+        lengths = attention_mask.sum(-1)  # [B]
+        for record, length in zip(records, lengths.tolist()):
+            if length > max_prompt_tokens:
+                raise ValueError(
+                    f"record {record.id!r}: prompt is {length} tokens (text + image), over data.max_prompt_tokens="
+                    f"{max_prompt_tokens}; raise it or lower model.max_pixels to give images fewer tokens"
+                )
+    sizes = [[(image.height, image.width) for image in per_prompt] for per_prompt in images_by_prompt]
+    empty_pixels = torch.zeros(0, 0)
+    return PromptBatch(
+        input_ids=inputs["input_ids"],
+        attention_mask=attention_mask,
+        pixel_values=inputs.get("pixel_values", empty_pixels),
+        image_grid_thw=inputs.get("image_grid_thw", torch.zeros(0, 3, dtype=torch.long)),
+        images_per_prompt=torch.tensor([len(p) for p in images_by_prompt], dtype=torch.long),
+        mm_token_type_ids=inputs.get("mm_token_type_ids"),
+        records=list(records),
+        prompt_texts=texts,
+        image_sizes=sizes,
+        model_image_sizes=[[resized_image_size(processor, h, w) for h, w in per_prompt] for per_prompt in sizes],
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Pixel rows <-> prompts
+
+
+def patches_per_prompt(image_grid_thw: torch.Tensor, images_per_prompt: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    """[B] number of `pixel_values` rows of each prompt: the sum of t*h*w over its images."""
+    rows_per_image = image_grid_thw.prod(-1)  # [num_images]
+    counts = torch.as_tensor(images_per_prompt, dtype=torch.long)  # [B]
+    if int(counts.sum()) != rows_per_image.shape[0]:
+        raise ValueError(f"images_per_prompt sums to {int(counts.sum())}, but image_grid_thw has {rows_per_image.shape[0]} images")
+    prompt_of_image = torch.repeat_interleave(torch.arange(counts.shape[0]), counts)  # [num_images]
+    return torch.zeros(counts.shape[0], dtype=torch.long).index_add_(0, prompt_of_image, rows_per_image.long().cpu())
+
+
+def prompt_of_pixel_row(image_grid_thw: torch.Tensor, images_per_prompt: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    """[sum_patches] the prompt index of every `pixel_values` row."""
+    rows = patches_per_prompt(image_grid_thw, images_per_prompt)  # [B]
+    return torch.repeat_interleave(torch.arange(rows.shape[0]), rows)
+
+
+def pixels_for_prompts(batch: PromptBatch, prompt_index: torch.Tensor | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(pixel_values, image_grid_thw)` for a forward whose rows belong to prompts `prompt_index`
+    (repeats allowed, any order): e.g. one micro-batch of completions. Rows are copied, so call it
+    per micro-batch rather than for all B*G samples at once."""
+    prompt_index = torch.as_tensor(prompt_index, dtype=torch.long).cpu()  # [N]
+    counts = batch.images_per_prompt.cpu()  # [B]
+    rows = patches_per_prompt(batch.image_grid_thw.cpu(), counts)  # [B]
+    row_start = torch.cumsum(rows, 0) - rows  # [B]
+    image_start = torch.cumsum(counts, 0) - counts  # [B]
+    row_index = torch.cat([torch.arange(row_start[b], row_start[b] + rows[b]) for b in prompt_index.tolist()])
+    image_index = torch.cat([torch.arange(image_start[b], image_start[b] + counts[b]) for b in prompt_index.tolist()])
+    device = batch.pixel_values.device
+    return batch.pixel_values[row_index.to(device)], batch.image_grid_thw[image_index.to(batch.image_grid_thw.device)]
+
+
+def repeat_pixels_for_group(batch: PromptBatch, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixels for B*G sequences ordered prompt-major (sample i = prompt i // G, i.e. the order of
+    `input_ids.repeat_interleave(G, 0)`): `pixel_values` [G*sum_patches, D], `image_grid_thw`
+    [G*num_images, 3]. Only for a forward that runs all B*G sequences at once; `generate` with
+    `num_return_sequences=G` expands the pixels itself, and micro-batches should use
+    `pixels_for_prompts` on their own rows."""
+    B = batch.input_ids.shape[0]
+    return pixels_for_prompts(batch, torch.arange(B).repeat_interleave(group_size))
+
+
+def mm_token_type_ids_from_ids(input_ids: torch.Tensor, image_token_id: int, video_token_id: Optional[int] = None) -> torch.Tensor:
+    """[N, L] 1 at image tokens, 2 at video tokens, 0 elsewhere: what the processor returns, for any
+    sequence (e.g. prompt + completion) the model must place with 3-D M-RoPE positions."""
+    types = (input_ids == image_token_id).long()
+    if video_token_id is not None:
+        types = types + 2 * (input_ids == video_token_id).long()
+    return types
