@@ -85,6 +85,9 @@ class RewardConfig:
     open_ended: Literal["bmas", "bipartite", "modernbert", "sbert", "llm_judge"] = "bmas"  # Table 4 designs
     bmas_combine: Literal["sum", "mean"] = "sum"  # SPEC §3 Decision: sum of both directions, range [-2, 2]
     judge_model: Optional[str] = None  # local directory of the external model for modernbert|sbert|llm_judge
+    judge_batch_size: int = 64  # texts (modernbert|sbert) or prompts (llm_judge) per judge forward
+    judge_max_tokens: int = 512  # each response / ground truth keeps at most this many tokens in the judge
+    judge_max_new_tokens: int = 8  # llm_judge: greedy reply length, enough for "Score: 0.75"
 
 
 @dataclass
