@@ -5,11 +5,17 @@
     chart          chart (numeric/text)   {0, 1}
     grounding      iou                    [0, 1]
     open_ended     bmas (default) | bipartite (Table 4 ablation)   [-2, 2] (combine=sum) or [-1, 1]
+                   modernbert | sbert (Table 4, judges.py)        [-1, 1]
+                   llm_judge (Table 4, judges.py)                  [0, 1]
 
 Every accuracy reward is registered in `REWARDS` as a function over a whole group of G responses to
 one item, `fn(answers, target, cfg, embedder) -> [G] floats`, where `answers[i]` is the text inside
 response i's last `<answer>` tag or None (no tag: accuracy 0, SPEC §3). Group-level functions let
 BMAS score the group in one fused computation; the text rewards simply map over the group.
+
+The fourth argument is a `RewardContext` the trainer builds once: the policy's tokenizer and input
+embedding table for bmas / bipartite, or `judge=judges.make_judge(cfg.reward, device)` for the
+external-model rewards (whose `judge.cost.take()` is the judge's time, logged as time/reward_judge).
 """
 
 from __future__ import annotations
@@ -36,11 +42,19 @@ class RewardTarget:
 
 
 @dataclass(frozen=True)
-class TokenEmbedder:
-    """The policy's tokenizer and input embedding table `[V, D]`, for BMAS (SPEC §3)."""
+class RewardContext:
+    """What the open-ended rewards read besides text, built once by the trainer (SPEC §3, Table 4).
 
-    tokenizer: Any
-    embedding_table: Any  # torch.Tensor [V, D]
+    bmas / bipartite: the policy's tokenizer and input embedding table `[V, D]`.
+    modernbert / sbert / llm_judge: `judge`, from `judges.make_judge(cfg.reward, device)`.
+    """
+
+    tokenizer: Any = None
+    embedding_table: Any = None  # torch.Tensor [V, D]
+    judge: Any = None  # judges.EncoderJudge | judges.LLMJudge
+
+
+TokenEmbedder = RewardContext  # its earlier name; TokenEmbedder(tokenizer, table) still works
 
 
 @dataclass(frozen=True)
@@ -51,7 +65,7 @@ class RewardBreakdown:
     reward_name: str  # which accuracy reward scored it (a key of REWARDS)
 
 
-GroupReward = Callable[[list[Optional[str]], RewardTarget, RewardConfig, Optional[TokenEmbedder]], list[float]]
+GroupReward = Callable[[list[Optional[str]], RewardTarget, RewardConfig, Optional[RewardContext]], list[float]]
 
 
 def _per_answer(score: Callable[[str, RewardTarget, RewardConfig], float]) -> GroupReward:
@@ -77,7 +91,7 @@ def _iou(answer: str, target: RewardTarget, cfg: RewardConfig) -> float:
 
 def _embedding_similarity(method: str) -> GroupReward:
     def group_fn(answers, target, cfg, embedder=None):
-        if embedder is None:
+        if embedder is None or embedder.embedding_table is None:
             raise ValueError(f"the {method} reward needs the policy's tokenizer and embedding table (embedder=None)")
         from .bmas import bmas_reward  # torch is imported only when an open-ended reward is used
 
@@ -95,12 +109,30 @@ def _embedding_similarity(method: str) -> GroupReward:
     return group_fn
 
 
+def _judged(name: str) -> GroupReward:
+    """An external-model reward (Table 4): the context's judge scores the whole group (judges.py)."""
+
+    def group_fn(answers, target, cfg, embedder=None):
+        judge = getattr(embedder, "judge", None)
+        if judge is None or judge.name != name:
+            raise ValueError(
+                f"the {name} reward needs its judge model: pass RewardContext(judge=make_judge(cfg.reward, device)) "
+                f"from mixedr1.rewards.judges (got {'no judge' if judge is None else repr(judge.name)})"
+            )
+        return judge.score(answers, str(target.answer))
+
+    return group_fn
+
+
 REWARDS: dict[str, GroupReward] = {
     "matching": _per_answer(_matching),
     "chart": _per_answer(_chart),
     "iou": _per_answer(_iou),
     "bmas": _embedding_similarity("bmas"),
     "bipartite": _embedding_similarity("bipartite"),
+    "modernbert": _judged("modernbert"),
+    "sbert": _judged("sbert"),
+    "llm_judge": _judged("llm_judge"),
 }
 
 _REWARD_FOR_TYPE = {"yorn": "matching", "mcq": "matching", "chart": "chart", "grounding": "iou"}
@@ -119,9 +151,12 @@ def score_group(
     responses: Sequence[str],
     target: RewardTarget,
     cfg: RewardConfig,
-    embedder: Optional[TokenEmbedder] = None,
+    embedder: Optional[RewardContext] = None,
 ) -> list[RewardBreakdown]:
-    """Score G responses to one item: `[G]` breakdowns with R = R_acc + λ·R_fmt (SPEC §3)."""
+    """Score G responses to one item: `[G]` breakdowns with R = R_acc + λ·R_fmt (SPEC §3).
+
+    `embedder` is the RewardContext of the open-ended rewards (unused by the others).
+    """
     name = reward_name_for(target.problem_type, cfg)
     if name not in REWARDS:
         raise ValueError(f"reward.open_ended={name!r} is not registered here; known: {sorted(REWARDS)}")
@@ -135,6 +170,6 @@ def score_group(
 
 
 __all__ = [
-    "REWARDS", "RewardBreakdown", "RewardTarget", "TokenEmbedder", "extract_answer", "format_reward",
+    "REWARDS", "RewardBreakdown", "RewardContext", "RewardTarget", "TokenEmbedder", "extract_answer", "format_reward",
     "reward_name_for", "score_group",
 ]
