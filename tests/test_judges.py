@@ -327,3 +327,18 @@ def test_real_minilm_ranks_paraphrase_above_unrelated_sbert_and_bmas():
     assert sbert[0] > 0.5 and abs(sbert[1]) < 0.2
     assert bmas[2] == pytest.approx(2.0, abs=1e-5)
     assert bmas[0] > bmas[1] + 0.2  # BMAS on the raw token embeddings agrees on the order
+
+
+@pytest.mark.gpu
+def test_judges_on_cuda_match_cpu(modernbert_dir, rigged_qwen_dir):
+    """The judges live on the trainer's device: same rewards on CUDA as on CPU."""
+    model_dir = _minilm_dir()
+    answers = [PARAPHRASE, None, UNRELATED, TRUTH]
+    for name, path in (("sbert", model_dir), ("modernbert", modernbert_dir)):
+        cfg = RewardConfig(open_ended=name, judge_model=str(path))
+        on_cuda = make_judge(cfg, "cuda")
+        assert on_cuda.device.type == "cuda"
+        assert on_cuda.score(answers, TRUTH) == pytest.approx(make_judge(cfg, "cpu").score(answers, TRUTH), abs=1e-4)
+    llm = make_judge(RewardConfig(open_ended="llm_judge", judge_model=str(rigged_qwen_dir), judge_max_new_tokens=1), "cuda")
+    assert llm.device.type == "cuda" and llm.model.dtype == torch.bfloat16
+    assert llm.score(answers, TRUTH) == [0.7, 0.0, 0.7, 0.7]
