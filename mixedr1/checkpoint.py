@@ -92,8 +92,13 @@ def save_checkpoint(
     *,
     rank: int,
     keep_last: int,
+    hf_attr: str = "hf",
 ) -> Path:
-    """Collective: every rank calls it. Returns the final checkpoint directory."""
+    """Collective: every rank calls it. Returns the final checkpoint directory.
+
+    `model` is the training root (a `PolicyModel`, possibly FSDP2-sharded) whose attribute `hf_attr`
+    holds the Hugging Face model; the saved weights drop that prefix so `from_pretrained` reads them.
+    """
     root = checkpoint_root(output_dir)
     final = root / f"step-{step:06d}"
     tmp = root / f"step-{step:06d}.tmp"
@@ -107,7 +112,9 @@ def save_checkpoint(
     distributed.barrier()
     torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
     if rank == 0:
-        model.save_pretrained(tmp, state_dict={k: v.contiguous() for k, v in model_state.items()})
+        prefix = f"{hf_attr}."
+        weights = {k[len(prefix):]: v.contiguous() for k, v in model_state.items() if k.startswith(prefix)}
+        getattr(model, hf_attr).save_pretrained(tmp, state_dict=weights)
         if processor is not None:
             processor.save_pretrained(tmp)
         state = {

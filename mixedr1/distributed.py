@@ -105,13 +105,23 @@ def print0(*args, **kwargs) -> None:
 
 
 def shardable_blocks(model: nn.Module) -> list[nn.Module]:
-    """Decoder layers and vision blocks: the modules that become FSDP units of their own.
-
-    Found by class name (`*DecoderLayer`, `*VisionBlock`, `*EncoderLayer`) so Qwen2-VL, Qwen2.5-VL and
-    InternVL's native classes are covered without a per-family table.
+    """The modules that become FSDP units of their own, innermost first: decoder layers and vision
+    blocks (found by class name, `*DecoderLayer`, `*VisionBlock`, `*EncoderLayer`, so Qwen2-VL,
+    Qwen2.5-VL and InternVL's native classes are covered without a per-family table), then the
+    whole vision tower (its patch embedding and merger), which training calls on its own to encode
+    each prompt's images once.
     """
+    from .models import vision_tower
+
     suffixes = ("DecoderLayer", "VisionBlock", "EncoderLayer", "VisionEncoderLayer")
-    return [m for m in model.modules() if type(m).__name__.endswith(suffixes)]
+    blocks = [m for m in model.modules() if type(m).__name__.endswith(suffixes)]
+    for owner in (model, getattr(model, "hf", None)):  # a bare HF model, or the training root PolicyModel
+        try:
+            blocks.append(vision_tower(owner))
+            break
+        except (ValueError, TypeError):
+            continue
+    return blocks
 
 
 def shard_model(
