@@ -72,7 +72,7 @@ def resolve_attn_implementation(attn_implementation: str, device: torch.device) 
     return "sdpa"
 
 
-def _local_dir(path: str | Path, what: str) -> Path:
+def _local_dir(path: str | Path, what: str, need_config: bool = True) -> Path:
     """A local model directory, or an error naming the path (we never download: SPEC runs are offline)."""
     path = Path(path).expanduser()
     if not path.is_dir():
@@ -80,17 +80,24 @@ def _local_dir(path: str | Path, what: str) -> Path:
             f"{what} directory not found: {path} (expected a local Hugging Face directory with config.json; "
             f"models are never downloaded, copy or `huggingface-cli download` them first)"
         )
-    if not (path / "config.json").is_file():
+    if need_config and not (path / "config.json").is_file():
         raise FileNotFoundError(f"{what} directory {path} has no config.json: is it a Hugging Face model directory?")
     return path
 
 
-def _model_type(path: Path) -> str:
-    with open(path / "config.json") as f:
-        return json.load(f).get("model_type", "")
-
-
 QWEN_VL_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl")
+QWEN_VL_PROCESSOR_NAMES = ("Qwen2VLImageProcessor", "Qwen2_5_VLProcessor", "Qwen2VLProcessor", "QwenVLImageOnlyProcessor")
+
+
+def _is_qwen_vl_dir(path: Path) -> bool:
+    """A Qwen2-VL / Qwen2.5-VL model directory, or a processor saved alone (no config.json)."""
+    if (path / "config.json").is_file():
+        with open(path / "config.json") as f:
+            return json.load(f).get("model_type", "") in QWEN_VL_MODEL_TYPES
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        if (path / name).is_file() and any(n in (path / name).read_text() for n in QWEN_VL_PROCESSOR_NAMES):
+            return True
+    return False
 
 # ----------------------------------------------------------------------------------------------
 # Model
@@ -236,8 +243,8 @@ def load_processor(
     `min_pixels` / `max_pixels` (bounds on H*W after resize) set on the image processor when given.
     Other families go through `AutoProcessor` (their video processors may need torchvision).
     """
-    path = _local_dir(path, "processor")
-    if _model_type(path) in QWEN_VL_MODEL_TYPES:
+    path = _local_dir(path, "processor", need_config=False)
+    if _is_qwen_vl_dir(path):
         return QwenVLImageOnlyProcessor.from_pretrained(path, min_pixels=min_pixels, max_pixels=max_pixels)
     if min_pixels is not None or max_pixels is not None:
         raise ValueError(f"{path}: model.min_pixels / model.max_pixels only apply to Qwen2-VL / Qwen2.5-VL processors")
@@ -305,8 +312,8 @@ def pixel_bounds(image_processor) -> tuple[int, int]:
     """(min_pixels, max_pixels) of a Qwen image processor, across transformers versions."""
     size = getattr(image_processor, "size", None) or {}
     get = size.get if isinstance(size, dict) else lambda k: getattr(size, k, None)
-    lo = get("shortest_edge") or getattr(image_processor, "min_pixels", None)
-    hi = get("longest_edge") or getattr(image_processor, "max_pixels", None)
+    lo = get("shortest_edge") or get("min_pixels") or getattr(image_processor, "min_pixels", None)
+    hi = get("longest_edge") or get("max_pixels") or getattr(image_processor, "max_pixels", None)
     if lo is None or hi is None:
         raise ValueError(f"{type(image_processor).__name__}: cannot read min/max pixels from size={size!r}")
     return int(lo), int(hi)

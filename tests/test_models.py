@@ -98,9 +98,9 @@ def test_generate_with_image_produces_tokens(model, processor):
 
 
 def test_processor_save_and_load_round_trip(processor, tmp_path):
-    processor.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)  # a processor alone: no config.json
     again = QwenVLImageOnlyProcessor.from_pretrained(tmp_path)
-    assert isinstance(again, QwenVLImageOnlyProcessor)
+    assert isinstance(again, QwenVLImageOnlyProcessor) and isinstance(load_processor(tmp_path), QwenVLImageOnlyProcessor)
     assert "video_processor" not in again.get_attributes()
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (70, 130, 3), dtype=np.uint8))
     text = _prompt(processor)
@@ -184,3 +184,65 @@ def test_dtype_and_attention_choices():
     assert resolve_attn_implementation("eager", cuda) == "eager"
     with pytest.raises(ValueError, match="model.dtype"):
         resolve_dtype("fp8", cpu)
+
+
+def test_qwen2_vl_and_native_internvl_directories_load(tiny_dir, processor, tmp_path):
+    """The other families the loader claims: random tiny Qwen2-VL and InternVL (transformers' native format)."""
+    from transformers import InternVLConfig, InternVLForConditionalGeneration, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    tok = processor.tokenizer
+    qwen2 = Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+            num_key_value_heads=2, bos_token_id=0, eos_token_id=2,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+        ),
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14, spatial_merge_size=2),
+        image_token_id=processor.image_token_id,
+        video_token_id=processor.video_token_id,
+        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
+    )
+    Qwen2VLForConditionalGeneration(qwen2).save_pretrained(tmp_path / "qwen2")
+    processor.save_pretrained(tmp_path / "qwen2")
+    model, qwen2_processor = load_model(tmp_path / "qwen2"), load_processor(tmp_path / "qwen2")
+    assert type(model).__name__ == "Qwen2VLForConditionalGeneration" and isinstance(qwen2_processor, QwenVLImageOnlyProcessor)
+    assert vision_tower(model) is model.model.visual
+    inputs = qwen2_processor(text=[_prompt(processor)], images=[Image.new("RGB", (80, 60))], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.isfinite(model(**inputs).logits).all()
+
+    internvl = InternVLConfig(
+        vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=[28, 28], patch_size=[14, 14]),
+        text_config=dict(model_type="qwen2", vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, bos_token_id=0, eos_token_id=1),
+        image_token_id=99,
+    )
+    InternVLForConditionalGeneration(internvl).save_pretrained(tmp_path / "internvl")
+    model = load_model(tmp_path / "internvl")
+    assert type(model).__name__ == "InternVLForConditionalGeneration"
+    assert vision_tower(model) is model.model.vision_tower
+    assert freeze_vision_tower(model) == sum(p.numel() for p in model.model.vision_tower.parameters()) > 0
+
+
+def test_processor_loads_from_an_official_style_qwen_directory(tiny_dir, processor, tmp_path):
+    """Released Qwen2.5-VL checkpoints keep `preprocessor_config.json` (min/max_pixels at the top level)
+    and `chat_template.json`, not transformers 5's `processor_config.json` and `chat_template.jinja`."""
+    import json
+    import shutil
+
+    official = tmp_path / "official"
+    shutil.copytree(tiny_dir, official)
+    (official / "processor_config.json").unlink()
+    template = (official / "chat_template.jinja").read_text()
+    (official / "chat_template.jinja").unlink()
+    (official / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    (official / "preprocessor_config.json").write_text(json.dumps({
+        "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor",
+    }))
+    loaded = load_processor(official)
+    assert loaded.chat_template == template
+    assert resized_image_size(loaded, 1000, 2000) == (1008, 1988)  # 12845056 max pixels: no downscale
+    assert resized_image_size(load_processor(official, max_pixels=28 * 28 * 64), 1000, 2000) == (140, 308)
