@@ -1,0 +1,391 @@
+"""Benchmark loaders: the Hugging Face parquet files a user downloaded → a list of `EvalItem`.
+
+Nothing is downloaded here. Each benchmark lives in its own folder under `DATA_ROOT`, laid out as
+`huggingface-cli download REPO --repo-type dataset --local-dir DATA_ROOT/FOLDER` leaves it; a glob
+takes every shard (`-00000-of-00003`, ...), read in sorted order. Folder names match case-insensitively.
+
+| name | FOLDER / files (glob) | Hugging Face dataset, split |
+|---|---|---|
+| mathvista | `MathVista/data/testmini-*.parquet` | AI4Math/MathVista, testmini (1000) |
+| mathvision | `MathVision/data/test-*.parquet` | MathLLMs/MathVision, test (3040) |
+| mathvision_testmini | `MathVision/data/testmini-*.parquet` | MathLLMs/MathVision, testmini (304) |
+| mmbench | `MMBench/en/dev-*.parquet` | lmms-lab/MMBench, config en, dev (~4.3k rows) |
+| mmmu | `MMMU/data/validation-*.parquet` | lmms-lab/MMMU, validation (900) |
+| mmstar | `MMStar/mmstar.parquet` (or `MMStar/val/*.parquet`) | Lin-Chen/MMStar, val (1500) |
+| ai2d | `ai2d/data/test-*.parquet` | lmms-lab/ai2d, test (3088) |
+
+Images are parquet struct columns `{"bytes": ..., "path": ...}` (the `datasets` Image feature) and
+are opened with PIL from the bytes, lazily (pixels are read when the processor needs them). A
+missing folder, file or column, or a bad value, is a `BenchmarkDataError` naming the file (and row
+and column) and what was expected.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from mixedr1.evaluation.scoring import MMBENCH_CIRCULAR_BASE, ai2d_letter, letters_for, parse_options_literal
+
+
+class BenchmarkDataError(ValueError):
+    """A benchmark file that is missing or does not have the expected schema."""
+
+
+@dataclass
+class EvalItem:
+    """One benchmark question, in the form the prompts and scorers use."""
+
+    benchmark: str
+    item_id: str  # the benchmark's own id (MathVista pid, MMBench index, ...); AI2D: its row number
+    question: str  # text before the options (MMBench: hint + question; MathVista: + "(Unit: u)")
+    images: list = field(default_factory=list)  # PIL images, in the order the prompt shows them
+    options: list[str] = field(default_factory=list)  # lettered A, B, ... ; [] for open questions and MMStar
+    answer: str = ""  # what the scorer compares with (see each loader)
+    multiple_choice: bool = False
+    meta: dict = field(default_factory=dict)  # JSON-safe fields the scorer / aggregate reads
+    source: str = ""  # "file.parquet row N", for error messages
+
+
+@dataclass(frozen=True)
+class BenchmarkFiles:
+    """Where a benchmark's parquet files are and which columns they must have."""
+
+    folder: str
+    patterns: tuple[str, ...]  # globs under the folder, tried in order; the first that matches wins
+    hf_dataset: str
+    split: str
+    columns: tuple[str, ...]  # required
+    optional_columns: tuple[str, ...] = ()
+
+
+MMMU_IMAGE_COLUMNS = tuple(f"image_{k}" for k in range(1, 8))
+
+FILES: dict[str, BenchmarkFiles] = {
+    "mathvista": BenchmarkFiles(
+        "MathVista", ("data/testmini-*.parquet",), "AI4Math/MathVista", "testmini",
+        ("pid", "question", "decoded_image", "choices", "unit", "precision", "answer", "question_type", "answer_type"),
+    ),
+    "mathvision": BenchmarkFiles(
+        "MathVision", ("data/test-*.parquet",), "MathLLMs/MathVision", "test",
+        ("id", "question", "options", "decoded_image", "answer"), ("subject", "level"),
+    ),
+    "mathvision_testmini": BenchmarkFiles(
+        "MathVision", ("data/testmini-*.parquet",), "MathLLMs/MathVision", "testmini",
+        ("id", "question", "options", "decoded_image", "answer"), ("subject", "level"),
+    ),
+    "mmbench": BenchmarkFiles(
+        "MMBench", ("en/dev-*.parquet",), "lmms-lab/MMBench (config en)", "dev",
+        ("index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image"), ("E", "L2-category"),
+    ),
+    "mmmu": BenchmarkFiles(
+        "MMMU", ("data/validation-*.parquet",), "lmms-lab/MMMU", "validation",
+        ("id", "question", "options", "answer", "question_type", "image_1"), MMMU_IMAGE_COLUMNS[1:] + ("subfield",),
+    ),
+    "mmstar": BenchmarkFiles(
+        "MMStar", ("mmstar.parquet", "val/*.parquet", "val-*.parquet"), "Lin-Chen/MMStar", "val",
+        ("index", "question", "image", "answer", "category", "l2_category"),
+    ),
+    "ai2d": BenchmarkFiles("ai2d", ("data/test-*.parquet",), "lmms-lab/ai2d", "test", ("question", "options", "answer", "image")),
+}
+
+
+def expected_layout(name: str) -> str:
+    spec = FILES[name]
+    return f"{spec.folder}/{spec.patterns[0]}  ({spec.hf_dataset}, split {spec.split})"
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading parquet
+
+
+def find_benchmark_files(name: str, data_root: str | Path) -> list[Path]:
+    """The sorted parquet files of benchmark `name` under `data_root`, or an error saying where they
+    were looked for and how to get them."""
+    spec = FILES[name]
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        raise BenchmarkDataError(f"--data-root {root} is not a directory")
+    folders = [p for p in root.iterdir() if p.is_dir() and p.name.lower() == spec.folder.lower()]
+    download = (
+        f"download it with `huggingface-cli download {spec.hf_dataset.split(' ')[0]} --repo-type dataset "
+        f"--local-dir {root / spec.folder}`"
+    )
+    if not folders:
+        raise BenchmarkDataError(f"{name}: no folder {root / spec.folder} (expected {expected_layout(name)}); {download}")
+    folder = sorted(folders)[0]
+    for pattern in spec.patterns:
+        files = sorted(folder.glob(pattern))
+        if files:
+            return files
+    tried = ", ".join(str(folder / p) for p in spec.patterns)
+    raise BenchmarkDataError(f"{name}: no parquet file matches {tried} (expected {expected_layout(name)}); {download}")
+
+
+def read_rows(name: str, data_root: str | Path) -> list[tuple[str, dict]]:
+    """Every row of the benchmark's files as `(where, row)`, `where` = "file row N" for errors.
+    Only the needed columns are read; a file missing a required column is an error listing them."""
+    import pyarrow.parquet as pq
+
+    spec = FILES[name]
+    rows = []
+    for path in find_benchmark_files(name, data_root):
+        try:
+            names = pq.read_schema(path).names
+        except Exception as e:  # pyarrow raises several types for a broken file
+            raise BenchmarkDataError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from None
+        missing = [c for c in spec.columns if c not in names]
+        if missing:
+            raise BenchmarkDataError(
+                f"{path}: missing column(s) {missing}; {name} ({spec.hf_dataset}, split {spec.split}) needs columns "
+                f"{list(spec.columns)}; the file has {names}"
+            )
+        columns = [c for c in spec.columns + spec.optional_columns if c in names]
+        for i, row in enumerate(pq.read_table(path, columns=columns).to_pylist()):
+            rows.append((f"{path} row {i}", row))
+    return rows
+
+
+def open_image(value: Any, where: str):
+    """A PIL image from a `{"bytes", "path"}` struct (or raw bytes); opened lazily, not decoded yet."""
+    from PIL import Image, UnidentifiedImageError
+
+    data = value.get("bytes") if isinstance(value, dict) else value
+    if not isinstance(data, (bytes, bytearray)) or not data:
+        path = value.get("path") if isinstance(value, dict) else None
+        raise BenchmarkDataError(
+            f"{where}: expected an image struct {{'bytes': <encoded image>, 'path': ...}} with bytes, got "
+            f"{type(value).__name__}" + (f" without bytes (path={path!r})" if isinstance(value, dict) else "")
+        )
+    try:
+        return Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError) as e:
+        raise BenchmarkDataError(f"{where}: the image bytes are not a readable image ({e})") from None
+
+
+def _is_missing(value: Any) -> bool:
+    """None, NaN, or the string "nan" (how MMBench's TSV-born parquet writes an absent hint/option)."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and value.strip().lower() in ("", "nan"))
+
+
+def _text(row: dict, column: str, where: str) -> str:
+    value = row.get(column)
+    if value is None:
+        raise BenchmarkDataError(f"{where}: column '{column}' is empty; expected text")
+    return str(value)
+
+
+def _options_list(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise BenchmarkDataError(f"{where}: expected a list of option strings, got {type(value).__name__}")
+    return [str(v) for v in value]
+
+
+# ----------------------------------------------------------------------------------------------
+# One loader per benchmark
+
+
+def load_mathvista(data_root: str | Path, name: str = "mathvista") -> list[EvalItem]:
+    """MathVista testmini. `answer` is the choice TEXT for multi_choice, else the value as text;
+    `precision` (float digits) and the types go to `meta`."""
+    items = []
+    for where, row in read_rows(name, data_root):
+        question_type = _text(row, "question_type", where + " column 'question_type'")
+        choices = _options_list(row.get("choices"), where + " column 'choices'")
+        if question_type == "multi_choice" and not choices:
+            raise BenchmarkDataError(f"{where}: question_type is multi_choice but column 'choices' is empty")
+        question = _text(row, "question", where).strip()
+        if not _is_missing(row.get("unit")):
+            question += f" (Unit: {row['unit']})"
+        precision = row.get("precision")
+        items.append(
+            EvalItem(
+                benchmark=name,
+                item_id=_text(row, "pid", where),
+                question=question,
+                images=[open_image(row["decoded_image"], where + " column 'decoded_image'")],
+                options=choices if question_type == "multi_choice" else [],
+                answer=_text(row, "answer", where),
+                multiple_choice=question_type == "multi_choice",
+                meta={
+                    "question_type": question_type,
+                    "answer_type": _text(row, "answer_type", where),
+                    "precision": None if _is_missing(precision) else float(precision),
+                },
+                source=where,
+            )
+        )
+    return items
+
+
+def load_mathvision(data_root: str | Path, name: str = "mathvision") -> list[EvalItem]:
+    """MathVision. `options` may be empty (free-form); `answer` is a letter or a value."""
+    items = []
+    for where, row in read_rows(name, data_root):
+        options = _options_list(row.get("options"), where + " column 'options'")
+        items.append(
+            EvalItem(
+                benchmark=name,
+                item_id=_text(row, "id", where),
+                question=_text(row, "question", where).strip(),
+                images=[open_image(row["decoded_image"], where + " column 'decoded_image'")],
+                options=options,
+                answer=_text(row, "answer", where).strip(),
+                multiple_choice=bool(options),
+                meta={"subject": row.get("subject"), "level": row.get("level")},
+                source=where,
+            )
+        )
+    return items
+
+
+def load_mmbench(data_root: str | Path, name: str = "mmbench") -> list[EvalItem]:
+    """MMBench en dev, every row (circular rotations included). `question` = hint + question as
+    lmms-eval joins them; the options are columns A–E that are present; `answer` is a letter."""
+    items = []
+    for where, row in read_rows(name, data_root):
+        options = []
+        for letter in "ABCDE":
+            if _is_missing(row.get(letter)):
+                break
+            options.append(str(row[letter]))
+        if len(options) < 2:
+            raise BenchmarkDataError(f"{where}: expected at least options A and B, got {options}")
+        answer = _text(row, "answer", where).strip().upper()
+        if answer not in letters_for(len(options)):
+            raise BenchmarkDataError(f"{where}: column 'answer' is {answer!r}; expected one of {letters_for(len(options))}")
+        question = _text(row, "question", where).strip()
+        hint = row.get("hint")
+        if not _is_missing(hint):
+            question = f"{str(hint).strip()} {question}"
+        index = int(row["index"])
+        items.append(
+            EvalItem(
+                benchmark=name,
+                item_id=str(index),
+                question=question,
+                images=[open_image(row["image"], where + " column 'image'")],
+                options=options,
+                answer=answer,
+                multiple_choice=True,
+                meta={
+                    "index": index,
+                    "group": str(index % MMBENCH_CIRCULAR_BASE),
+                    "category": row.get("category"),
+                    "l2_category": row.get("L2-category"),
+                },
+                source=where,
+            )
+        )
+    return items
+
+
+_IMAGE_TOKEN = re.compile(r"<image (\d+)>")
+
+
+def load_mmmu(data_root: str | Path, name: str = "mmmu") -> list[EvalItem]:
+    """MMMU validation. `options` is a string holding a Python list, read with `ast.literal_eval`
+    (never `eval`). The images are those the question and options name (`<image k>` → `image_k`),
+    in order of k, as lmms-eval passes them; the `<image k>` markers stay in the text."""
+    items = []
+    for where, row in read_rows(name, data_root):
+        options = []
+        try:
+            options = parse_options_literal(row.get("options"), f"{where} column 'options'")
+        except ValueError as e:
+            raise BenchmarkDataError(str(e)) from None
+        question = _text(row, "question", where).strip()
+        question_type = _text(row, "question_type", where)
+        referenced = sorted({int(k) for k in _IMAGE_TOKEN.findall(question + " " + " ".join(options))})
+        images = []
+        for k in referenced:
+            column = f"image_{k}"
+            if row.get(column) is None:
+                raise BenchmarkDataError(f"{where}: the question names <image {k}> but column '{column}' is missing or empty")
+            images.append(open_image(row[column], f"{where} column '{column}'"))
+        items.append(
+            EvalItem(
+                benchmark=name,
+                item_id=_text(row, "id", where),
+                question=question,
+                images=images,
+                options=options,
+                answer=_text(row, "answer", where).strip(),
+                multiple_choice=question_type == "multiple-choice",
+                meta={"question_type": question_type, "subfield": row.get("subfield")},
+                source=where,
+            )
+        )
+    return items
+
+
+def load_mmstar(data_root: str | Path, name: str = "mmstar") -> list[EvalItem]:
+    """MMStar val. The options are written inside `question`; `answer` is a letter A–D."""
+    items = []
+    for where, row in read_rows(name, data_root):
+        answer = _text(row, "answer", where).strip().upper()
+        if answer not in "ABCD" or len(answer) != 1:
+            raise BenchmarkDataError(f"{where}: column 'answer' is {answer!r}; expected one of A, B, C, D")
+        items.append(
+            EvalItem(
+                benchmark=name,
+                item_id=str(int(row["index"])),
+                question=_text(row, "question", where).strip(),
+                images=[open_image(row["image"], where + " column 'image'")],
+                options=[],
+                answer=answer,
+                multiple_choice=True,
+                meta={"category": row.get("category"), "l2_category": row.get("l2_category")},
+                source=where,
+            )
+        )
+    return items
+
+
+def load_ai2d(data_root: str | Path, name: str = "ai2d") -> list[EvalItem]:
+    """AI2D test. `answer` in the file is the option index ("0"–"3"); the item's `answer` is its
+    letter. The dataset has no id column, so the id is the row number over the sorted files."""
+    items = []
+    for number, (where, row) in enumerate(read_rows(name, data_root)):
+        options = _options_list(row.get("options"), where + " column 'options'")
+        letter = ai2d_letter(row.get("answer"), len(options))
+        if letter is None:
+            raise BenchmarkDataError(
+                f"{where}: column 'answer' is {row.get('answer')!r}; expected an option index \"0\"–\"{len(options) - 1}\""
+            )
+        items.append(
+            EvalItem(
+                benchmark=name,
+                item_id=str(number),
+                question=_text(row, "question", where).strip(),
+                images=[open_image(row["image"], where + " column 'image'")],
+                options=options,
+                answer=letter,
+                multiple_choice=True,
+                meta={"answer_index": int(str(row["answer"]).strip())},
+                source=where,
+            )
+        )
+    return items
+
+
+def limit_items(items: Sequence[EvalItem], limit: Optional[int]) -> list[EvalItem]:
+    """The first `limit` questions. MMBench's rotations of one question (`meta["group"]`) count as one
+    question and stay together, so circular accuracy is still defined on the subset."""
+    if limit is None:
+        return list(items)
+    kept, groups = [], set()
+    for item in items:
+        group = item.meta.get("group", item.item_id)
+        if group not in groups:
+            if len(groups) >= limit:
+                continue
+            groups.add(group)
+        kept.append(item)
+    return kept

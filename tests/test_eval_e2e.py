@@ -1,0 +1,305 @@
+"""eval.py end to end on a tiny random Qwen2.5-VL and tiny parquet files in each benchmark's real schema.
+
+The fixtures use the Hugging Face column names and arrow types of EVAL.md's datasets (images as
+`{"bytes", "path"}` structs holding PNGs, MMMU's `options` as a string, MathVista's nullable
+`choices` / `unit` / `precision`, MMBench's circular rotations at index + 1e6, AI2D's index answers).
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from mixedr1.evaluation import BENCHMARKS, TABLE1, BenchmarkDataError  # noqa: E402
+from mixedr1.evaluation.benchmarks import limit_items  # noqa: E402
+
+eval_cli = importlib.import_module("eval")
+REAL_GENERATE = eval_cli.generate_texts
+
+IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def png(color: str, size=(40, 30)) -> dict:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": f"{color}.png"}
+
+
+def write(path: Path, columns: dict, types: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    schema = pa.schema([(name, types[name]) for name in columns])
+    pq.write_table(pa.table(columns, schema=schema), path)
+
+
+def write_benchmarks(root: Path) -> Path:
+    """Three questions per benchmark (MMBench: two with a rotation), in the files' real layout."""
+    s, i64, f64, strings = pa.string(), pa.int64(), pa.float64(), pa.list_(pa.string())
+    write(
+        root / "MathVista/data/testmini-00000-of-00001-abc.parquet",
+        {
+            "pid": ["1", "2", "3"],
+            "question": ["What fraction is blue?", "How many cubes?", "What is the length?"],
+            "image": ["images/1.jpg", "images/2.jpg", "images/3.jpg"],
+            "decoded_image": [png("blue"), png("red"), png("green")],
+            "choices": [["3/11", "8/11", "6/11", "3/5"], None, None],
+            "unit": [None, None, "cm"],
+            "precision": [None, None, 1.0],
+            "answer": ["8/11", "4", "3.5"],
+            "question_type": ["multi_choice", "free_form", "free_form"],
+            "answer_type": ["text", "integer", "float"],
+            "query": ["q1", "q2", "q3"],
+        },
+        {"pid": s, "question": s, "image": s, "decoded_image": IMAGE, "choices": strings, "unit": s,
+         "precision": f64, "answer": s, "question_type": s, "answer_type": s, "query": s},
+    )
+    for split in ("test", "testmini"):
+        write(
+            root / f"MathVision/data/{split}-00000-of-00001.parquet",
+            {
+                "id": ["1", "2", "3"],
+                "question": ["Which shape?", "How many?", "Angle?"],
+                "options": [["A", "B", "C", "D", "E"], [], []],
+                "image": ["images/1.jpg"] * 3,
+                "decoded_image": [png("red"), png("blue"), png("white")],
+                "answer": ["C", "7", "30"],
+                "solution": [None, None, None],
+                "level": [2, 3, 1],
+                "subject": ["logic", "counting", "metric geometry - angle"],
+            },
+            {"id": s, "question": s, "options": strings, "image": s, "decoded_image": IMAGE, "answer": s,
+             "solution": s, "level": i64, "subject": s},
+        )
+    write(
+        root / "MMBench/en/dev-00000-of-00001.parquet",
+        {
+            "index": [0, 1, 2, 1000000, 1000001],
+            "question": ["What color?", "Which animal?", "Which season?", "What color?", "Which animal?"],
+            "hint": ["nan", "Look closely.", None, "nan", "Look closely."],
+            "A": ["red", "cat", "summer", "blue", "dog"],
+            "B": ["blue", "dog", "winter", "red", "cat"],
+            "C": ["green", None, "nan", "green", None],
+            "D": [None, None, "nan", None, None],
+            "answer": ["A", "B", "A", "B", "A"],
+            "category": ["color", "animal", "season", "color", "animal"],
+            "image": [png("red"), png("gray"), png("yellow"), png("red"), png("gray")],
+            "source": ["x"] * 5,
+            "L2-category": ["perception"] * 5,
+            "comment": [None] * 5,
+            "split": ["dev"] * 5,
+        },
+        {"index": i64, "question": s, "hint": s, "A": s, "B": s, "C": s, "D": s, "answer": s, "category": s,
+         "image": IMAGE, "source": s, "L2-category": s, "comment": s, "split": s},
+    )
+    mmmu = {
+        "id": ["validation_Art_1", "validation_Math_2", "validation_Physics_3"],
+        "question": ["<image 1> Which painting style?", "Compute the area of <image 1>.", "Compare <image 1> and <image 2>."],
+        "options": ["['Baroque', 'Cubism', 'Impressionism']", "[]", "['first', 'second']"],
+        "explanation": ["", "", ""],
+        "image_1": [png("orange"), png("purple"), png("black")],
+        "image_2": [None, None, png("white")],
+    }
+    types = {"id": s, "question": s, "options": s, "explanation": s, "image_1": IMAGE, "image_2": IMAGE}
+    for k in range(3, 8):
+        mmmu[f"image_{k}"] = [None, None, None]
+        types[f"image_{k}"] = IMAGE
+    mmmu.update(
+        img_type=["['Paintings']"] * 3, answer=["B", "12", "A"], topic_difficulty=["Easy"] * 3,
+        question_type=["multiple-choice", "open", "multiple-choice"], subfield=["Art", "Math", "Physics"],
+    )
+    types.update(img_type=s, answer=s, topic_difficulty=s, question_type=s, subfield=s)
+    write(root / "MMMU/data/validation-00000-of-00001.parquet", mmmu, types)
+    write(
+        root / "MMStar/mmstar.parquet",
+        {
+            "index": [0, 1, 2],
+            "question": [f"Which option?\nOptions: A: {a}, B: {b}, C: c, D: d" for a, b in (("x", "y"), ("p", "q"), ("m", "n"))],
+            "image": [png("red"), png("blue"), png("green")],
+            "answer": ["A", "B", "C"],
+            "category": ["coarse perception", "math", "math"],
+            "l2_category": ["image style & quality", "geometry", "statistical reasoning"],
+            "meta_info": [{"source": "x", "split": "val", "image_path": "0.jpg"}] * 3,
+        },
+        {"index": i64, "question": s, "image": IMAGE, "answer": s, "category": s, "l2_category": s,
+         "meta_info": pa.struct([("source", s), ("split", s), ("image_path", s)])},
+    )
+    write(
+        root / "ai2d/data/test-00000-of-00001.parquet",
+        {
+            "question": ["Which stage comes first?", "What eats grass?", "Which is a producer?"],
+            "options": [["egg", "larva", "pupa", "adult"], ["cow", "lion", "hawk", "snake"], ["sun", "grass", "fox", "owl"]],
+            "answer": ["0", "0", "1"],
+            "image": [png("white"), png("green"), png("yellow")],
+        },
+        {"question": s, "options": strings, "answer": s, "image": IMAGE},
+    )
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The tiny model's matmuls are too small to share: with 2 threads on a busy 2-core machine the
+    threads' hand-offs cost 100x the work. (Runs after conftest's `torch.set_num_threads(2)`.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return write_benchmarks(tmp_path_factory.mktemp("benchmarks"))
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    from mixedr1.models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
+
+
+def run(ckpt, data_root, output, *extra):
+    argv = ["--ckpt", str(ckpt), "--data-root", str(data_root), "--output", str(output),
+            "--limit", "2", "--max-new-tokens", "16", "--batch-size", "2", *extra]
+    eval_cli.main(argv)
+    return json.loads(Path(output).read_text())
+
+
+class SimulatedKill(Exception):
+    pass
+
+
+class CountingGenerator:
+    """Wraps `eval.generate_texts`: counts the items generated and can crash after some batches."""
+
+    def __init__(self, crash_after_batches=None):
+        self.items, self.batches, self.crash_after_batches = [], 0, crash_after_batches
+
+    def __call__(self, model, processor, items, mode, params):
+        if self.crash_after_batches is not None and self.batches == self.crash_after_batches:
+            raise SimulatedKill("simulated kill")
+        self.batches += 1
+        self.items += [(item.benchmark, item.item_id) for item in items]
+        return REAL_GENERATE(model, processor, items, mode, params)
+
+
+def test_every_benchmark_scored_and_written(ckpt, data_root, tmp_path, monkeypatch):
+    counter = CountingGenerator()
+    monkeypatch.setattr(eval_cli, "generate_texts", counter)
+    report = run(ckpt, data_root, tmp_path / "out.json")
+    assert set(report["benchmarks"]) == set(TABLE1)
+    expected_items = {"mathvista": 2, "mathvision": 2, "mmbench": 4, "mmmu": 2, "mmstar": 2, "ai2d": 2}
+    for name, result in report["benchmarks"].items():
+        assert result["metric"] == BENCHMARKS[name].metric
+        assert 0.0 <= result["score"] <= 100.0
+        assert len(result["records"]) == result["n_items"] == expected_items[name]
+        for record in result["records"]:
+            assert isinstance(record["prediction"], str) and isinstance(record["correct"], bool)
+            assert "extracted" in record and "answer" in record
+    assert report["benchmarks"]["mathvista"]["metric"] == "mathvista_rule_based"
+    assert report["benchmarks"]["mmbench"]["metrics"]["questions"] == 2  # rows 0, 1 and their rotations
+    assert len(counter.items) == sum(expected_items.values())
+    table = (tmp_path / "out.md").read_text()
+    assert "| model | prompt | Avg | MathVista | MathVision | MMBench | MMMU | MMStar | AI2D |" in table
+    assert table == report["table1_markdown"]
+    # Everything cached: a second run generates nothing and gives the same results.
+    again = CountingGenerator()
+    monkeypatch.setattr(eval_cli, "generate_texts", again)
+    assert run(ckpt, data_root, tmp_path / "out.json")["benchmarks"] == report["benchmarks"]
+    assert again.items == []
+
+
+def test_resume_after_a_crash_generates_only_the_rest(ckpt, data_root, tmp_path, monkeypatch):
+    names = "mathvista,mmbench,mmmu"
+    full = run(ckpt, data_root, tmp_path / "full.json", "--benchmarks", names)
+
+    crashing = CountingGenerator(crash_after_batches=2)
+    monkeypatch.setattr(eval_cli, "generate_texts", crashing)
+    with pytest.raises(SimulatedKill):
+        run(ckpt, data_root, tmp_path / "resumed.json", "--benchmarks", names)
+    done = set(crashing.items)
+    assert len(done) == 4 and not (tmp_path / "resumed.json").exists()
+
+    resumed = CountingGenerator()
+    monkeypatch.setattr(eval_cli, "generate_texts", resumed)
+    report = run(ckpt, data_root, tmp_path / "resumed.json", "--benchmarks", names)
+    total = sum(full["benchmarks"][n]["n_items"] for n in names.split(","))
+    assert len(resumed.items) == total - len(done)
+    assert not done & set(resumed.items)
+    assert report["benchmarks"] == full["benchmarks"]
+
+
+def test_a_torn_cache_line_is_regenerated(ckpt, data_root, tmp_path, monkeypatch):
+    report = run(ckpt, data_root, tmp_path / "out.json", "--benchmarks", "ai2d")
+    cache = tmp_path / "out.predictions.rank0.jsonl"
+    lines = cache.read_text().splitlines(keepends=True)
+    cache.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])  # killed mid-write
+    counter = CountingGenerator()
+    monkeypatch.setattr(eval_cli, "generate_texts", counter)
+    assert run(ckpt, data_root, tmp_path / "out.json", "--benchmarks", "ai2d")["benchmarks"] == report["benchmarks"]
+    assert counter.items == [("ai2d", "1")]
+
+
+def test_direct_prompt_is_cached_apart_from_thinking(ckpt, data_root, tmp_path, monkeypatch):
+    run(ckpt, data_root, tmp_path / "out.json", "--benchmarks", "mmstar")
+    counter = CountingGenerator()
+    monkeypatch.setattr(eval_cli, "generate_texts", counter)
+    report = run(ckpt, data_root, tmp_path / "out.json", "--benchmarks", "mmstar", "--prompt", "direct")
+    assert report["prompt"] == "direct" and len(counter.items) == 2
+
+
+def test_missing_file_names_the_expected_path(tmp_path):
+    root = write_benchmarks(tmp_path / "data")
+    (root / "MMStar/mmstar.parquet").unlink()
+    with pytest.raises(BenchmarkDataError, match=r"MMStar.*mmstar\.parquet.*Lin-Chen/MMStar"):
+        eval_cli.main(["--ckpt", str(tmp_path / "no-model"), "--data-root", str(root), "--benchmarks", "mmstar"])
+
+
+def test_missing_column_names_file_and_columns(tmp_path):
+    root = write_benchmarks(tmp_path / "data")
+    path = root / "ai2d/data/test-00000-of-00001.parquet"
+    pq.write_table(pq.read_table(path).drop(["answer"]), path)
+    with pytest.raises(BenchmarkDataError) as error:
+        eval_cli.main(["--ckpt", str(tmp_path / "no-model"), "--data-root", str(root), "--benchmarks", "ai2d"])
+    message = str(error.value)
+    assert str(path) in message and "['answer']" in message and "'options'" in message
+
+
+def test_malicious_mmmu_options_are_an_error_never_run(tmp_path):
+    root = write_benchmarks(tmp_path / "data")
+    path = root / "MMMU/data/validation-00000-of-00001.parquet"
+    table = pq.read_table(path)
+    marker = tmp_path / "pwned"
+    evil = f"__import__('pathlib').Path({str(marker)!r}).touch()"
+    options = pa.array([evil, "[]", "['first', 'second']"], pa.string())
+    pq.write_table(table.set_column(table.schema.get_field_index("options"), "options", options), path)
+    with pytest.raises(BenchmarkDataError, match=r"row 0 column 'options': options is not a Python list literal"):
+        BENCHMARKS["mmmu"].load(root)
+    assert not marker.exists()
+
+
+def test_loaders_read_the_real_schema(data_root):
+    mathvista = {it.item_id: it for it in BENCHMARKS["mathvista"].load(data_root)}
+    assert mathvista["1"].options == ["3/11", "8/11", "6/11", "3/5"] and mathvista["1"].answer == "8/11"
+    assert mathvista["3"].question.endswith("(Unit: cm)") and mathvista["3"].meta["precision"] == 1.0
+    mmbench = BENCHMARKS["mmbench"].load(data_root)
+    assert [it.options for it in mmbench][:3] == [["red", "blue", "green"], ["cat", "dog"], ["summer", "winter"]]
+    assert mmbench[1].question == "Look closely. Which animal?" and mmbench[0].question == "What color?"
+    assert len(limit_items(mmbench, 1)) == 2  # question 0 and its rotation 1000000
+    mmmu = {it.item_id: it for it in BENCHMARKS["mmmu"].load(data_root)}
+    assert len(mmmu["validation_Physics_3"].images) == 2 and mmmu["validation_Math_2"].multiple_choice is False
+    ai2d = BENCHMARKS["ai2d"].load(data_root)
+    assert [it.answer for it in ai2d] == ["A", "A", "B"] and [it.item_id for it in ai2d] == ["0", "1", "2"]
+    assert BENCHMARKS["mmstar"].load(data_root)[0].images[0].size == (40, 30)
