@@ -303,3 +303,28 @@ def test_loaders_read_the_real_schema(data_root):
     ai2d = BENCHMARKS["ai2d"].load(data_root)
     assert [it.answer for it in ai2d] == ["A", "A", "B"] and [it.item_id for it in ai2d] == ["0", "1", "2"]
     assert BENCHMARKS["mmstar"].load(data_root)[0].images[0].size == (40, 30)
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_match_one_process(ckpt, data_root, tmp_path):
+    """Items are split across ranks by index and gathered to rank 0: the results equal a single
+    process's (batch size 1, so every item is computed alone in both runs)."""
+    import os
+    import subprocess
+
+    names = "mmbench,ai2d"
+    single = run(ckpt, data_root, tmp_path / "single.json", "--benchmarks", names, "--batch-size", "1")
+    output = tmp_path / "ranks.json"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(REPO / "eval.py"),
+        "--ckpt", str(ckpt), "--data-root", str(data_root), "--output", str(output), "--benchmarks", names,
+        "--limit", "2", "--max-new-tokens", "16", "--batch-size", "1",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert report["benchmarks"] == single["benchmarks"]
+    caches = sorted(p.name for p in tmp_path.glob("ranks.predictions.rank*.jsonl"))
+    assert caches == ["ranks.predictions.rank0.jsonl", "ranks.predictions.rank1.jsonl"]
+    assert sum(len(tmp_path.joinpath(c).read_text().splitlines()) for c in caches) == 6  # 4 MMBench rows + 2 AI2D
