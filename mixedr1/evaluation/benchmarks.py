@@ -11,8 +11,11 @@ takes every shard (`-00000-of-00003`, ...), read in sorted order. Folder names m
 | mathvision_testmini | `MathVision/data/testmini-*.parquet` | MathLLMs/MathVision, testmini (304) |
 | mmbench | `MMBench/en/dev-*.parquet` | lmms-lab/MMBench, config en, dev (~4.3k rows) |
 | mmmu | `MMMU/data/validation-*.parquet` | lmms-lab/MMMU, validation (900) |
-| mmstar | `MMStar/mmstar.parquet` (or `MMStar/val/*.parquet`) | Lin-Chen/MMStar, val (1500) |
+| mmstar | `MMStar/mmstar.parquet` | Lin-Chen/MMStar, val (1500) |
 | ai2d | `ai2d/data/test-*.parquet` | lmms-lab/ai2d, test (3088) |
+
+The parquet-converter branch's layout (`refs/convert/parquet`: `CONFIG/SPLIT/*.parquet`, e.g.
+`MMBench/en/dev/0000.parquet`, `MMStar/mmstar/val/0000.parquet`) is accepted as a second choice.
 
 Images are parquet struct columns `{"bytes": ..., "path": ...}` (the `datasets` Image feature) and
 are opened with PIL from the bytes, lazily (pixels are read when the processor needs them). A
@@ -67,30 +70,30 @@ MMMU_IMAGE_COLUMNS = tuple(f"image_{k}" for k in range(1, 8))
 
 FILES: dict[str, BenchmarkFiles] = {
     "mathvista": BenchmarkFiles(
-        "MathVista", ("data/testmini-*.parquet",), "AI4Math/MathVista", "testmini",
+        "MathVista", ("data/testmini-*.parquet", "default/testmini/*.parquet"), "AI4Math/MathVista", "testmini",
         ("pid", "question", "decoded_image", "choices", "unit", "precision", "answer", "question_type", "answer_type"),
     ),
     "mathvision": BenchmarkFiles(
-        "MathVision", ("data/test-*.parquet",), "MathLLMs/MathVision", "test",
+        "MathVision", ("data/test-*.parquet", "default/test/*.parquet"), "MathLLMs/MathVision", "test",
         ("id", "question", "options", "decoded_image", "answer"), ("subject", "level"),
     ),
     "mathvision_testmini": BenchmarkFiles(
-        "MathVision", ("data/testmini-*.parquet",), "MathLLMs/MathVision", "testmini",
+        "MathVision", ("data/testmini-*.parquet", "default/testmini/*.parquet"), "MathLLMs/MathVision", "testmini",
         ("id", "question", "options", "decoded_image", "answer"), ("subject", "level"),
     ),
     "mmbench": BenchmarkFiles(
-        "MMBench", ("en/dev-*.parquet",), "lmms-lab/MMBench (config en)", "dev",
+        "MMBench", ("en/dev-*.parquet", "en/dev/*.parquet"), "lmms-lab/MMBench (config en)", "dev",
         ("index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image"), ("E", "L2-category"),
     ),
     "mmmu": BenchmarkFiles(
-        "MMMU", ("data/validation-*.parquet",), "lmms-lab/MMMU", "validation",
+        "MMMU", ("data/validation-*.parquet", "default/validation/*.parquet"), "lmms-lab/MMMU", "validation",
         ("id", "question", "options", "answer", "question_type", "image_1"), MMMU_IMAGE_COLUMNS[1:] + ("subfield",),
     ),
     "mmstar": BenchmarkFiles(
-        "MMStar", ("mmstar.parquet", "val/*.parquet", "val-*.parquet"), "Lin-Chen/MMStar", "val",
+        "MMStar", ("mmstar.parquet", "mmstar/val/*.parquet", "val/*.parquet"), "Lin-Chen/MMStar", "val",
         ("index", "question", "image", "answer", "category", "l2_category"),
     ),
-    "ai2d": BenchmarkFiles("ai2d", ("data/test-*.parquet",), "lmms-lab/ai2d", "test", ("question", "options", "answer", "image")),
+    "ai2d": BenchmarkFiles("ai2d", ("data/test-*.parquet", "default/test/*.parquet"), "lmms-lab/ai2d", "test", ("question", "options", "answer", "image")),
 }
 
 
