@@ -88,14 +88,14 @@ def main(argv: list[str] | None = None) -> dict:
         log.info(f"resumed from {resume_from} at step {start_step}")
     reward_ctx = make_reward_context(cfg, processor, dist.device)
 
-    summary = {}
-    if heldout and start_step == 0:
-        summary["before"] = evaluate(policy, processor, heldout, cfg, reward_ctx, dist)
-        log.info("held-out before training: " + format_eval(summary["before"]))
-
     # ---- the loop: SFT warm-up steps first (if any), then GRPO (or SFT throughout for the baseline) --
+    summary = {}
+    first_rl_step = cfg.train.sft_warmup_steps if cfg.train.algorithm == "grpo" else 0
     progress = progress_bar(cfg, dist, start_step, total_steps)
     for step in range(start_step, total_steps):
+        if heldout and step == first_rl_step:  # the demo's "before": after the SFT warm-up, before GRPO
+            summary["before"] = evaluate(policy, processor, heldout, cfg, reward_ctx, dist)
+            log.info(f"held-out before {cfg.train.algorithm} (step {step}): " + format_eval(summary["before"]))
         sft = cfg.train.algorithm == "sft" or step < cfg.train.sft_warmup_steps
         step_records = records_for_step(records, step, cfg, dist)
         t0 = time.perf_counter()
@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
         metrics["time/step"] = time.perf_counter() - t0
         metrics["perf/tokens_per_s_per_device"] = metrics.pop("perf/tokens") / metrics["time/step"] / dist.world_size
 
+        metrics["optim/lr"] = scheduler.get_last_lr()[0]
         if math.isfinite(metrics["loss/total"]):
             scheduler.step()
             nonfinite_in_a_row = 0
@@ -116,7 +117,6 @@ def main(argv: list[str] | None = None) -> dict:
             if nonfinite_in_a_row >= cfg.train.max_nonfinite_steps:
                 raise RuntimeError(f"{nonfinite_in_a_row} non-finite losses in a row: stopping. Lower optim.lr, "
                                    f"check the data and the model dtype, or resume from the last checkpoint.")
-        metrics["optim/lr"] = scheduler.get_last_lr()[0]
         if (step + 1) % cfg.log.every == 0 or step + 1 == total_steps:
             log.metrics(step + 1, metrics)
         progress.update(1)
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if heldout:
         summary["after"] = evaluate(policy, processor, heldout, cfg, reward_ctx, dist)
-        log.info("held-out after training:  " + format_eval(summary["after"]))
+        log.info(f"held-out after {cfg.train.algorithm}: " + format_eval(summary["after"]))
         if "before" in summary:
             distributed.print0(eval_table(summary["before"], summary["after"]))
     log.close()
@@ -153,9 +153,10 @@ def grpo_step(policy, reference, optimizer, processor, step_records, cfg: Config
     params = sampling_params_from_config(
         cfg.rollout, eos_token_ids=eos_token_ids(hf, tokenizer), pad_token_id=tokenizer.pad_token_id,
     )
-    generator = torch.Generator(device=device).manual_seed(cfg.train.seed * 1_000_003 + step * 1009 + dist.rank)
+    first_prompt = dist.rank * len(step_records)  # global index of this rank's first prompt
+    seed_of_call = lambda start: (cfg.train.seed * 1_000_003 + step) * 1_000_003 + first_prompt + start  # noqa: E731
     with distributed.gathered_for_generation(policy, cfg.distributed.reshard_after_forward):
-        rollout = rollout_in_chunks(hf, batch, params, generator, cfg.rollout.prompts_per_batch)
+        rollout = rollout_in_chunks(hf, batch, params, seed_of_call, cfg.rollout.prompts_per_batch)
         metrics["time/rollout"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         texts = decode_completions(rollout, tokenizer)
@@ -311,8 +312,12 @@ def sft_step(policy, optimizer, processor, step_records, cfg: Config, dist) -> d
 # Rewards
 
 
-def rollout_in_chunks(hf, batch: PromptBatch, params, generator, prompts_per_call: int):
-    """Sample in calls of `prompts_per_call` prompts (bounds the KV cache), then stitch the rows."""
+def rollout_in_chunks(hf, batch: PromptBatch, params, seed_of_call, prompts_per_call: int):
+    """Sample in calls of `prompts_per_call` prompts (bounds the KV cache), then stitch the rows.
+
+    Each call's generator is seeded from the global index of its first prompt, so the samples do not
+    depend on how prompts are spread over ranks (when prompts_per_call divides each rank's share).
+    """
     from mixedr1.data.batch import pixels_for_prompts
 
     B = batch.input_ids.shape[0]
@@ -323,6 +328,7 @@ def rollout_in_chunks(hf, batch: PromptBatch, params, generator, prompts_per_cal
         keep = batch.attention_mask[prompts].any(0)  # drop columns that are padding in every prompt of the call
         inputs = {"input_ids": batch.input_ids[prompts][:, keep], "attention_mask": batch.attention_mask[prompts][:, keep],
                   "pixel_values": pixels, "image_grid_thw": grid}
+        generator = torch.Generator(device=batch.input_ids.device).manual_seed(seed_of_call(start))
         parts.append(generate_rollout(hf, inputs, params, generator=generator))
     if len(parts) == 1:
         return parts[0]
@@ -455,7 +461,7 @@ def format_eval(result: dict) -> str:
 
 def eval_table(before: dict, after: dict) -> str:
     types = sorted({k.split("/")[1] for k in before if k.startswith("reward/")})
-    lines = ["", "held-out (greedy)   reward before -> after    accuracy before -> after",
+    lines = ["", "held-out, greedy     reward before -> after    accuracy before -> after",
              "-" * 70]
     for t in types:
         lines.append(f"{t:<18}  {before[f'reward/{t}']:7.3f} -> {after[f'reward/{t}']:7.3f}      "
@@ -480,7 +486,7 @@ def prepare_demo_inputs(cfg: Config, run_dir: Path, dist) -> Config:
             write_synthetic_dataset(data_dir, cfg.data.synth_items, seed=cfg.train.seed,
                                     heldout_per_type=max(2, cfg.data.synth_items // 4))
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(
-            cfg.data, data_root=str(data_dir), train_file="train.jsonl", eval_file=cfg.data.eval_file or "heldout.jsonl"))
+            cfg.data, data_root=str(data_dir), train_file="train.jsonl"))
     distributed.barrier()
     return cfg
 
@@ -525,12 +531,17 @@ def shard(cfg: Config, dist, policy, reference):
 
 
 def lr_factor(step: int, cfg: Config, total_steps: int) -> float:
-    """Linear warm-up to optim.lr, then constant or cosine to 0 (per optimizer step)."""
+    """Multiplier of optim.lr at training step `step` (the scheduler steps once per training step):
+    train.sft_lr during the SFT warm-up, then linear warm-up to optim.lr, then constant or cosine to 0."""
+    if cfg.train.algorithm == "grpo" and step < cfg.train.sft_warmup_steps:
+        return (cfg.train.sft_lr or cfg.optim.lr) / cfg.optim.lr
+    step -= cfg.train.sft_warmup_steps if cfg.train.algorithm == "grpo" else 0
+    total_steps -= cfg.train.sft_warmup_steps if cfg.train.algorithm == "grpo" else 0
     warmup = cfg.optim.warmup_steps
     if step < warmup:
         return (step + 1) / warmup
     if cfg.optim.schedule == "cosine":
-        progress = (step - warmup) / max(1, total_steps * cfg.grpo.updates_per_rollout - warmup)
+        progress = (step - warmup) / max(1, total_steps - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return 1.0
 

@@ -147,6 +147,10 @@ def shard_model(
     for block in shardable_blocks(model):
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)
+    # FSDP2 takes the first unit whose forward runs as the root. Training calls the vision tower and
+    # generation calls the inner model before the root's own forward, so fix the root now (FSDP2's
+    # lazy init, otherwise run on the first root forward; unshard() alone does not do it).
+    model._get_fsdp_state()._lazy_init()
     return model
 
 
