@@ -31,19 +31,20 @@ from tqdm import tqdm
 
 from mixedr1.distributed import all_gather_objects, barrier, destroy_distributed, init_distributed, print0
 from mixedr1.evaluation import BENCHMARKS, TABLE1, EvalItem, limit_items
-from mixedr1.evaluation.benchmarks import expected_layout
+from mixedr1.evaluation.benchmarks import FILES, expected_layout
 from mixedr1.evaluation.prompts import PROMPT_MODES, build_messages, prompt_text
 
 DEFAULT_BENCHMARKS = ",".join(TABLE1)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    layout = "\n".join(f"  {name:<20} DATA_ROOT/{expected_layout(name)}" for name in BENCHMARKS)
+    layout = "\n".join(f"  {name:<20} DATA_ROOT/{expected_layout(name)}" for name in FILES)
     parser = argparse.ArgumentParser(
         prog="eval.py",
         description="Evaluate a checkpoint on MathVista, MathVision, MMBench, MMMU, MMStar, AI2D (SPEC §6).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Expected files under --data-root (Hugging Face parquet, shards globbed):\n" + layout,
+        epilog="Expected files under --data-root (Hugging Face parquet, shards globbed; mmmu_pro reads both\n"
+        "mmmu_pro_standard and mmmu_pro_vision):\n" + layout,
     )
     parser.add_argument("--ckpt", required=True, help="local Hugging Face model directory (a training checkpoint or a base model)")
     parser.add_argument("--data-root", required=True, help="folder holding one sub-folder per benchmark (see below)")
@@ -177,6 +178,8 @@ METRIC_NOTES = {
     "mathvista_rule_based": "rule-based extraction (<answer>, last \\boxed{}, last number), NOT the GPT-judged protocol",
     "circular_accuracy": "circular: a question counts only if all its rotations are right",
     "category_average": "mean of the per-category accuracies",
+    "mathverse_rule_based": "rule-based (letters; numbers at 2 decimals), NOT the GPT-judged protocol",
+    "mean_standard_vision": "mean of the standard (10 options) and vision accuracies",
 }
 
 

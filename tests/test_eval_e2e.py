@@ -145,7 +145,70 @@ def write_benchmarks(root: Path) -> Path:
         },
         {"question": s, "options": strings, "answer": s, "image": IMAGE},
     )
+    write_optional_benchmarks(root)
     return root
+
+
+def write_optional_benchmarks(root: Path) -> None:
+    """MathVerse, MMMU-Pro (standard + vision), MM-IQ, M3CoT: two questions each."""
+    s, i64, strings = pa.string(), pa.int64(), pa.list_(pa.string())
+    write(
+        root / "MathVerse/testmini.parquet",
+        {
+            "sample_index": ["1", "2"],
+            "problem_index": ["1", "1"],
+            "problem_version": ["Text Dominant", "Vision Only"],
+            "question": ["Find x.\nChoices:\nA:5\nB:6\nC:7\nD:8", "Find the area."],
+            "image": [png("white"), png("black")],
+            "answer": ["B", "12.5"],
+            "question_type": ["multi-choice", "free-form"],
+            "metadata": [{"split": "testmini", "source": "GeoQA"}] * 2,
+            "query_wo": ["Please directly answer the question and provide the correct option letter.\nQuestion: Find x.", "Please directly answer the question.\nQuestion: Find the area."],
+            "query_cot": ["cot1", "cot2"],
+            "question_for_eval": ["Find x.", "Find the area."],
+        },
+        {"sample_index": s, "problem_index": s, "problem_version": s, "question": s, "image": IMAGE, "answer": s,
+         "question_type": s, "metadata": pa.struct([("split", s), ("source", s)]), "query_wo": s, "query_cot": s,
+         "question_for_eval": s},
+    )
+    standard = {
+        "id": ["test_Art_1", "test_Math_2"],
+        "question": ["<image 1> Which style?", "What is 2+2? <image 1>"],
+        "options": [str([f"style {k}" for k in range(10)]), "['1', '2', '3', '4', '5', '6', '7', '8', '9', '10']"],
+        "explanation": ["", ""],
+        "image_1": [png("orange"), png("blue")],
+    }
+    types = {"id": s, "question": s, "options": s, "explanation": s, "image_1": IMAGE}
+    for k in range(2, 8):
+        standard[f"image_{k}"] = [None, None]
+        types[f"image_{k}"] = IMAGE
+    standard.update(img_type=["['Paintings']"] * 2, answer=["C", "D"], topic_difficulty=["Easy"] * 2, subject=["Art", "Math"])
+    types.update(img_type=s, answer=s, topic_difficulty=s, subject=s)
+    write(root / "MMMU_Pro/standard (10 options)/test-00000-of-00001.parquet", standard, types)
+    write(
+        root / "MMMU_Pro/vision/test-00000-of-00001.parquet",
+        {"id": ["test_Art_1", "test_Math_2"], "image": [png("orange"), png("blue")],
+         "options": ["['a', 'b', 'c']", "['1', '2', '3', '4']"], "answer": ["A", "D"], "subject": ["Art", "Math"]},
+        {"id": s, "image": IMAGE, "options": s, "answer": s, "subject": s},
+    )
+    write(
+        root / "MM-IQ/test-00000-of-00001.parquet",
+        {"category": ["Logical Operation", "Spatial Relationship"],
+         "question": ["Choose the most appropriate option from the given four choices to fill in the question mark."] * 2,
+         "question_en": ["q"] * 2, "question_zh": ["问"] * 2, "image": [png("gray"), png("red")], "MD5": ["x", "y"],
+         "data_id": [7, 8], "answer": ["A", "D"], "split": ["test"] * 2},
+        {"category": s, "question": s, "question_en": s, "question_zh": s, "image": IMAGE, "MD5": s, "data_id": i64,
+         "answer": s, "split": s},
+    )
+    write(
+        root / "M3CoT/data/test-00000-of-00001.parquet",
+        {"id": ["physics-1", "math-2"], "category": ["physics", "algebra"], "image_id": ["1", "2"],
+         "question": ["Which force?", "Which number?"], "choices": [["push", "pull"], ["1", "2", "3"]],
+         "context": ["", "A number line."], "answer": ["B", "C"], "rationale": ["", ""], "split": ["test"] * 2,
+         "image": [png("white"), png("green")], "domain": ["science", "mathematics"], "topic": ["x", "y"]},
+        {"id": s, "category": s, "image_id": s, "question": s, "choices": strings, "context": s, "answer": s,
+         "rationale": s, "split": s, "image": IMAGE, "domain": s, "topic": s},
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -328,3 +391,26 @@ def test_torchrun_two_ranks_match_one_process(ckpt, data_root, tmp_path):
     caches = sorted(p.name for p in tmp_path.glob("ranks.predictions.rank*.jsonl"))
     assert caches == ["ranks.predictions.rank0.jsonl", "ranks.predictions.rank1.jsonl"]
     assert sum(len(tmp_path.joinpath(c).read_text().splitlines()) for c in caches) == 6  # 4 MMBench rows + 2 AI2D
+
+
+def test_optional_benchmarks_run_and_score(ckpt, data_root, tmp_path):
+    report = run(ckpt, data_root, tmp_path / "out.json", "--benchmarks", "mathverse,mmmu_pro,mmiq,m3cot", "--limit", "1")
+    expected = {"mathverse": 1, "mmmu_pro": 2, "mmiq": 1, "m3cot": 1}  # MMMU-Pro: question 1 in both settings
+    for name, result in report["benchmarks"].items():
+        assert result["n_items"] == expected[name] and 0.0 <= result["score"] <= 100.0
+    assert set(report["benchmarks"]["mmmu_pro"]["metrics"]["per_setting"]) == {"standard", "vision"}
+    table = (tmp_path / "out.md").read_text()
+    assert table.splitlines()[0].endswith("| AI2D | MathVerse | MMMU-Pro | MM-IQ | M3CoT |")
+
+
+def test_optional_loaders_read_the_real_schema(data_root):
+    mathverse = BENCHMARKS["mathverse"].load(data_root)
+    assert [it.multiple_choice for it in mathverse] == [True, False] and mathverse[1].answer == "12.5"
+    pro = BENCHMARKS["mmmu_pro"].load(data_root)
+    assert [it.item_id for it in pro] == ["standard:test_Art_1", "standard:test_Math_2", "vision:test_Art_1", "vision:test_Math_2"]
+    assert len(pro[0].options) == 10 and pro[2].options == ["a", "b", "c"]
+    assert [it.item_id for it in limit_items(pro, 1)] == ["standard:test_Art_1", "vision:test_Art_1"]
+    mmiq = BENCHMARKS["mmiq"].load(data_root)
+    assert [it.item_id for it in mmiq] == ["7", "8"] and mmiq[1].meta["category"] == "Spatial Relationship"
+    m3cot = BENCHMARKS["m3cot"].load(data_root)
+    assert m3cot[1].question == "Which number?\nContext: A number line." and m3cot[0].question == "Which force?"

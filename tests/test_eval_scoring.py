@@ -34,6 +34,15 @@ from mixedr1.evaluation.scoring import (
     score_mmstar,
     to_number,
 )
+from mixedr1.evaluation.scoring import (
+    aggregate_by_category,
+    aggregate_mmmu_pro,
+    mmiq_extract,
+    score_m3cot,
+    score_mathverse,
+    score_mmiq,
+    score_mmmu_pro,
+)
 
 OPTIONS = ["a cat", "a dog", "a bird", "a fish"]
 
@@ -350,3 +359,46 @@ def test_mmmu_item_scoring_uses_the_answer_tag():
     assert score_mmmu(open_item, "<answer>12</answer>")[1]
     records = [{"correct": True, "meta": {"question_type": "open"}}, {"correct": False, "meta": {"question_type": "multiple-choice"}}]
     assert aggregate_mmmu(records)["per_question_type"] == {"multiple-choice": 0.0, "open": 100.0}
+
+
+# ----------------------------------------------------------------------------------------------
+# Optional benchmarks
+
+
+def test_mathverse_letters_and_free_form():
+    mc = EvalItem("mathverse", "1", "Find x. Choices: A:5 B:6", answer="B", multiple_choice=True)
+    assert score_mathverse(mc, "<answer>B</answer>") == ("B", True)
+    assert score_mathverse(mc, "The answer is A") == ("A", False)
+    free = EvalItem("mathverse", "2", "Find the area.", answer="12.5")
+    assert score_mathverse(free, r"so the area is \boxed{\frac{25}{2}}")[1]
+    assert not score_mathverse(free, r"\boxed{12}")[1]
+
+
+def test_mmmu_pro_settings_and_mean():
+    standard = EvalItem("mmmu_pro", "standard:1", "q", options=[str(k) for k in range(10)], answer="J",
+                        multiple_choice=True, meta={"setting": "standard", "question_type": "multiple-choice"})
+    assert score_mmmu_pro(standard, "The answer is (J)") == ("J", True)  # ten options: letters up to J
+    vision = EvalItem("mmmu_pro", "vision:1", "q", options=["a", "b", "c"], answer="C", multiple_choice=True, meta={"setting": "vision"})
+    assert score_mmmu_pro(vision, "Answer: C") == ("C", True)
+    records = [{"correct": True, "meta": {"setting": "standard"}}, {"correct": False, "meta": {"setting": "standard"}},
+               {"correct": True, "meta": {"setting": "vision"}}]
+    metrics = aggregate_mmmu_pro(records)
+    assert metrics["per_setting"] == {"standard": 50.0, "vision": 100.0} and metrics["mean_standard_vision"] == 75.0
+
+
+@pytest.mark.parametrize(
+    "response, expected",
+    [("The answer is C.", "C"), ("Answer: (B)", "B"), ("Comparing the shapes, D fits, not A", "A"),
+     ("<think>B?</think><answer>D</answer>", "D"), ("no letter here", None)],
+)
+def test_mmiq_phrase_then_last_standalone_letter(response, expected):
+    assert mmiq_extract(response) == expected
+
+
+def test_mmiq_and_m3cot_items_and_per_category():
+    assert score_mmiq(EvalItem("mmiq", "7", "q", answer="A", multiple_choice=True), "The answer is A") == ("A", True)
+    item = EvalItem("m3cot", "1", "q", options=["push", "pull"], answer="B", multiple_choice=True)
+    assert score_m3cot(item, "[Answer] B") == ("B", True)
+    assert score_m3cot(item, "It is a pull.") == ("B", True)
+    records = [{"correct": True, "meta": {"domain": "science"}}, {"correct": False, "meta": {"domain": "math"}}]
+    assert aggregate_by_category("domain")(records) == {"accuracy": 50.0, "per_domain": {"math": 0.0, "science": 100.0}, "n": 2}

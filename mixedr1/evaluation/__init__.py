@@ -35,6 +35,11 @@ BENCHMARKS: dict[str, Benchmark] = {
     "mmmu": Benchmark(benchmarks.load_mmmu, scoring.score_mmmu, scoring.aggregate_mmmu, "accuracy", "MMMU"),
     "mmstar": Benchmark(benchmarks.load_mmstar, scoring.score_mmstar, scoring.aggregate_mmstar, "category_average", "MMStar"),
     "ai2d": Benchmark(benchmarks.load_ai2d, scoring.score_ai2d, scoring.aggregate_accuracy, "accuracy", "AI2D"),
+    # Optional (EVAL.md); rule-based where the usual protocol uses a GPT judge (MathVerse).
+    "mathverse": Benchmark(benchmarks.load_mathverse, scoring.score_mathverse, scoring.aggregate_mathverse, "mathverse_rule_based", "MathVerse"),
+    "mmmu_pro": Benchmark(benchmarks.load_mmmu_pro, scoring.score_mmmu_pro, scoring.aggregate_mmmu_pro, "mean_standard_vision", "MMMU-Pro"),
+    "mmiq": Benchmark(benchmarks.load_mmiq, scoring.score_mmiq, scoring.aggregate_by_category("category"), "accuracy", "MM-IQ"),
+    "m3cot": Benchmark(benchmarks.load_m3cot, scoring.score_m3cot, scoring.aggregate_by_category("domain"), "accuracy", "M3CoT"),
 }
 
 # The paper's Table 1 columns, in its order (SPEC §6); Avg is their mean.

@@ -13,6 +13,12 @@ takes every shard (`-00000-of-00003`, ...), read in sorted order. Folder names m
 | mmmu | `MMMU/data/validation-*.parquet` | lmms-lab/MMMU, validation (900) |
 | mmstar | `MMStar/mmstar.parquet` | Lin-Chen/MMStar, val (1500) |
 | ai2d | `ai2d/data/test-*.parquet` | lmms-lab/ai2d, test (3088) |
+| mathverse (optional) | `MathVerse/testmini.parquet` | CaraJ/MathVerse-lmmseval, testmini (3940) |
+| mmmu_pro (optional) | `MMMU_Pro/standard (10 options)/test-*.parquet` and `MMMU_Pro/vision/test-*.parquet` | MMMU/MMMU_Pro, test (1730 each) |
+| mmiq (optional) | `MM-IQ/test-*.parquet` | huanqia/MM-IQ, test (2710) |
+| m3cot (optional) | `M3CoT/data/test-*.parquet` | LightChen2333/M3CoT, test (2318) |
+
+MM-Math (jsonl + image folder, not parquet) is not supported.
 
 The parquet-converter branch's layout (`refs/convert/parquet`: `CONFIG/SPLIT/*.parquet`, e.g.
 `MMBench/en/dev/0000.parquet`, `MMStar/mmstar/val/0000.parquet`) is accepted as a second choice.
@@ -94,6 +100,27 @@ FILES: dict[str, BenchmarkFiles] = {
         ("index", "question", "image", "answer", "category", "l2_category"),
     ),
     "ai2d": BenchmarkFiles("ai2d", ("data/test-*.parquet", "default/test/*.parquet"), "lmms-lab/ai2d", "test", ("question", "options", "answer", "image")),
+    # Optional benchmarks (EVAL.md)
+    "mathverse": BenchmarkFiles(
+        "MathVerse", ("testmini.parquet", "testmini/testmini/*.parquet"), "CaraJ/MathVerse-lmmseval", "testmini",
+        ("sample_index", "problem_version", "question", "image", "answer", "question_type", "query_wo"),
+    ),
+    "mmmu_pro_standard": BenchmarkFiles(
+        "MMMU_Pro", ("standard (10 options)/test-*.parquet", "standard (10 options)/test/*.parquet"), "MMMU/MMMU_Pro (config 'standard (10 options)')", "test",
+        ("id", "question", "options", "answer", "image_1"), MMMU_IMAGE_COLUMNS[1:] + ("subject",),
+    ),
+    "mmmu_pro_vision": BenchmarkFiles(
+        "MMMU_Pro", ("vision/test-*.parquet", "vision/test/*.parquet"), "MMMU/MMMU_Pro (config vision)", "test",
+        ("id", "image", "options", "answer"), ("subject",),
+    ),
+    "mmiq": BenchmarkFiles(
+        "MM-IQ", ("test-*.parquet", "data/test-*.parquet", "default/test/*.parquet"), "huanqia/MM-IQ", "test",
+        ("question", "image", "answer", "category"), ("data_id",),
+    ),
+    "m3cot": BenchmarkFiles(
+        "M3CoT", ("data/test-*.parquet", "default/test/*.parquet"), "LightChen2333/M3CoT", "test",
+        ("question", "choices", "answer", "image"), ("id", "context", "domain"),
+    ),
 }
 
 
@@ -292,32 +319,39 @@ def load_mmbench(data_root: str | Path, name: str = "mmbench") -> list[EvalItem]
 _IMAGE_TOKEN = re.compile(r"<image (\d+)>")
 
 
+def _referenced_images(row: dict, text: str, where: str) -> list:
+    """The images a question names (`<image k>` → column `image_k`), in order of k (lmms-eval's order)."""
+    images = []
+    for k in sorted({int(k) for k in _IMAGE_TOKEN.findall(text)}):
+        column = f"image_{k}"
+        if row.get(column) is None:
+            raise BenchmarkDataError(f"{where}: the question names <image {k}> but column '{column}' is missing or empty")
+        images.append(open_image(row[column], f"{where} column '{column}'"))
+    return images
+
+
+def _parse_options(row: dict, where: str) -> list[str]:
+    try:
+        return parse_options_literal(row.get("options"), f"{where} column 'options'")
+    except ValueError as e:
+        raise BenchmarkDataError(str(e)) from None
+
+
 def load_mmmu(data_root: str | Path, name: str = "mmmu") -> list[EvalItem]:
     """MMMU validation. `options` is a string holding a Python list, read with `ast.literal_eval`
     (never `eval`). The images are those the question and options name (`<image k>` → `image_k`),
     in order of k, as lmms-eval passes them; the `<image k>` markers stay in the text."""
     items = []
     for where, row in read_rows(name, data_root):
-        options = []
-        try:
-            options = parse_options_literal(row.get("options"), f"{where} column 'options'")
-        except ValueError as e:
-            raise BenchmarkDataError(str(e)) from None
+        options = _parse_options(row, where)
         question = _text(row, "question", where).strip()
         question_type = _text(row, "question_type", where)
-        referenced = sorted({int(k) for k in _IMAGE_TOKEN.findall(question + " " + " ".join(options))})
-        images = []
-        for k in referenced:
-            column = f"image_{k}"
-            if row.get(column) is None:
-                raise BenchmarkDataError(f"{where}: the question names <image {k}> but column '{column}' is missing or empty")
-            images.append(open_image(row[column], f"{where} column '{column}'"))
         items.append(
             EvalItem(
                 benchmark=name,
                 item_id=_text(row, "id", where),
                 question=question,
-                images=images,
+                images=_referenced_images(row, question + " " + " ".join(options), where),
                 options=options,
                 answer=_text(row, "answer", where).strip(),
                 multiple_choice=question_type == "multiple-choice",
@@ -378,9 +412,132 @@ def load_ai2d(data_root: str | Path, name: str = "ai2d") -> list[EvalItem]:
     return items
 
 
+# ----------------------------------------------------------------------------------------------
+# Optional benchmarks
+
+
+def load_mathverse(data_root: str | Path, name: str = "mathverse") -> list[EvalItem]:
+    """MathVerse testmini (all five problem versions). The options, when any, are inside `question`;
+    `query_wo` (lmms-eval's prompt) is kept for the direct prompt. A row without image bytes (a
+    text-only version) gets no image."""
+    items = []
+    for where, row in read_rows(name, data_root):
+        image = row.get("image")
+        has_image = bool(image.get("bytes")) if isinstance(image, dict) else bool(image) and isinstance(image, (bytes, bytearray))
+        question_type = _text(row, "question_type", where)
+        items.append(
+            EvalItem(
+                benchmark=name,
+                item_id=str(row["sample_index"]),
+                question=_text(row, "question", where).strip(),
+                images=[open_image(image, where + " column 'image'")] if has_image else [],
+                options=[],
+                answer=_text(row, "answer", where).strip(),
+                multiple_choice=question_type == "multi-choice",
+                meta={"question_type": question_type, "problem_version": row.get("problem_version"), "query_wo": _text(row, "query_wo", where)},
+                source=where,
+            )
+        )
+    return items
+
+
+MMMU_PRO_VISION_QUESTION = "Answer the question shown in the image."
+
+
+def load_mmmu_pro(data_root: str | Path, name: str = "mmmu_pro") -> list[EvalItem]:
+    """MMMU-Pro test, both settings: `standard (10 options)` (as MMMU, up to 10 options) and `vision`
+    (the question and options are inside the screenshot; `options` still lists them, `answer` is a
+    letter). Ids are prefixed with the setting; `meta["setting"]` tells the scorer which rule to use."""
+    items = []
+    for where, row in read_rows("mmmu_pro_standard", data_root):
+        options = _parse_options(row, where)
+        question = _text(row, "question", where).strip()
+        items.append(
+            EvalItem(
+                benchmark=name,
+                item_id="standard:" + _text(row, "id", where),
+                question=question,
+                images=_referenced_images(row, question + " " + " ".join(options), where),
+                options=options,
+                answer=_text(row, "answer", where).strip(),
+                multiple_choice=True,
+                meta={"setting": "standard", "group": _text(row, "id", where), "question_type": "multiple-choice", "subject": row.get("subject")},
+                source=where,
+            )
+        )
+    for where, row in read_rows("mmmu_pro_vision", data_root):
+        items.append(
+            EvalItem(
+                benchmark=name,
+                item_id="vision:" + _text(row, "id", where),
+                question=MMMU_PRO_VISION_QUESTION,
+                images=[open_image(row["image"], where + " column 'image'")],
+                options=_parse_options(row, where),
+                answer=_text(row, "answer", where).strip(),
+                multiple_choice=True,
+                meta={"setting": "vision", "group": _text(row, "id", where), "subject": row.get("subject")},
+                source=where,
+            )
+        )
+    return items
+
+
+def load_mmiq(data_root: str | Path, name: str = "mmiq") -> list[EvalItem]:
+    """MM-IQ test. The choices are drawn inside the image; `answer` is a letter A–E."""
+    items = []
+    for number, (where, row) in enumerate(read_rows(name, data_root)):
+        answer = _text(row, "answer", where).strip().upper()
+        if len(answer) != 1 or answer not in "ABCDE":
+            raise BenchmarkDataError(f"{where}: column 'answer' is {answer!r}; expected one of A, B, C, D, E")
+        item_id = row.get("data_id")
+        items.append(
+            EvalItem(
+                benchmark=name,
+                item_id=str(item_id if item_id is not None else number),
+                question=_text(row, "question", where).strip(),
+                images=[open_image(row["image"], where + " column 'image'")],
+                options=[],
+                answer=answer,
+                multiple_choice=True,
+                meta={"category": row.get("category")},
+                source=where,
+            )
+        )
+    return items
+
+
+def load_m3cot(data_root: str | Path, name: str = "m3cot") -> list[EvalItem]:
+    """M3CoT test. `choices` are lettered A, B, ...; a non-empty `context` goes after the question."""
+    items = []
+    for number, (where, row) in enumerate(read_rows(name, data_root)):
+        options = _options_list(row.get("choices"), where + " column 'choices'")
+        answer = _text(row, "answer", where).strip().upper()
+        if answer not in letters_for(len(options)) or len(answer) != 1:
+            raise BenchmarkDataError(f"{where}: column 'answer' is {answer!r}; expected one of {letters_for(len(options))}")
+        question = _text(row, "question", where).strip()
+        if not _is_missing(row.get("context")):
+            question += f"\nContext: {str(row['context']).strip()}"
+        item_id = row.get("id")
+        items.append(
+            EvalItem(
+                benchmark=name,
+                item_id=str(item_id if item_id is not None else number),
+                question=question,
+                images=[open_image(row["image"], where + " column 'image'")],
+                options=options,
+                answer=answer,
+                multiple_choice=True,
+                meta={"domain": row.get("domain")},
+                source=where,
+            )
+        )
+    return items
+
+
 def limit_items(items: Sequence[EvalItem], limit: Optional[int]) -> list[EvalItem]:
-    """The first `limit` questions. MMBench's rotations of one question (`meta["group"]`) count as one
-    question and stay together, so circular accuracy is still defined on the subset."""
+    """The first `limit` questions. Items sharing `meta["group"]` count as one question and stay
+    together: MMBench's rotations (so circular accuracy is defined on the subset), MMMU-Pro's two
+    settings of one question."""
     if limit is None:
         return list(items)
     kept, groups = [], set()

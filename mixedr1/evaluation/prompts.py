@@ -83,6 +83,15 @@ def _ai2d_direct(item: EvalItem) -> str:
     return "\n".join([item.question, *lettered_options(item.options), MCQ_DIRECT])
 
 
+def _mathverse_direct(item: EvalItem) -> str:
+    """lmms-eval's MathVerse prompt is the dataset's own `query_wo` (question + answer-format hint)."""
+    return item.meta["query_wo"]
+
+
+def _mmiq_direct(item: EvalItem) -> str:
+    return item.question + "\n" + MCQ_DIRECT
+
+
 DIRECT_PROMPTS = {
     "mathvista": _mathvista_direct,
     "mathvision": _mathvision_direct,
@@ -91,6 +100,10 @@ DIRECT_PROMPTS = {
     "mmmu": _mmmu_direct,
     "mmstar": _mmstar_direct,
     "ai2d": _ai2d_direct,
+    "mathverse": _mathverse_direct,
+    "mmmu_pro": _mmmu_direct,
+    "mmiq": _mmiq_direct,
+    "m3cot": _ai2d_direct,  # question (+ context), lettered choices, the letter instruction
 }
 
 

@@ -22,6 +22,8 @@ something we do not run:
 - **MMMU**'s official parser falls back to `random.choice` on a global RNG seeded once; here the RNG
   is seeded per item (`seed`, item id), so the fallback does not depend on item order, batch size
   or the number of ranks.
+- **MathVerse** (optional) is usually GPT-judged; here multi-choice letters and MathVision's
+  free-form comparison, under the metric name `mathverse_rule_based`.
 - **MMStar**: lmms-eval's `exact_match` only looks at the first characters of the response; here the
   letter is extracted like MMBench's (`extract_choice_letter`), then compared exactly.
 
@@ -91,11 +93,11 @@ def last_boxed(text: str) -> Optional[str]:
 # Letters (MMBench, MMStar, AI2D, MathVista multi-choice)
 
 _MARKDOWN = re.compile(r"\*\*|__|`|\*")
-# "The answer is B", "Answer: (C) text", "the correct option is B.", "Final answer: B". The keyword is
+# "The answer is B", "Answer: (C) text", "the correct option is B.", "[Answer] B". The keyword is
 # case-insensitive, the letter is not (so "the answer is a square" is not read as "A").
 _LETTER_AFTER_KEYWORD = re.compile(
     r"(?i:\b(?:answer|option|choice)\b(?:\s+(?:is|would\s+be|should\s+be|will\s+be))?)"
-    r"\s*[:：]?\s*(?:option\s+)?\(?([A-Z])\)?(?![A-Za-z0-9])"
+    r"\]?\s*[:：]?\s*(?:option\s+)?\(?([A-Z])\)?(?![A-Za-z0-9])"
 )
 _BRACKETED_LETTER = re.compile(r"\(([A-Z])\)")
 _LINE_START_LETTER = re.compile(r"(?m)^\s*([A-Z])\s*[.):](?=\s|$)")
@@ -654,3 +656,89 @@ def aggregate_mmmu(records: Sequence[Record]) -> dict:
         "per_question_type": {k: _percent(v) for k, v in sorted(by_type.items())},
         "n": len(records),
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# Optional benchmarks (EVAL.md): MathVerse, MMMU-Pro, MM-IQ, M3CoT
+
+
+def score_mathverse(item, response: str) -> tuple[Optional[str], bool]:
+    """MathVerse, rule-based (the usual protocol is a GPT judge): multi-choice by letter, free-form
+    with MathVision's normalisation and 2-decimal numeric equality."""
+    if item.multiple_choice:
+        letter = extract_choice_letter(answer_region(response), "ABCDEF")
+        return letter, letter is not None and letter == str(item.answer).strip().upper()
+    extracted = mathvision_extract(response)
+    return extracted, mathvision_equal(extracted, str(item.answer))
+
+
+def score_mmmu_pro(item, response: str, seed: int = 42) -> tuple[Any, bool]:
+    """MMMU-Pro: the standard setting with the MMMU parser; the vision setting (question and options
+    inside the image) by the extracted letter, exactly."""
+    if item.meta.get("setting") == "standard":
+        return score_mmmu(item, response, seed)
+    letter = extract_choice_letter(answer_region(response), letters_for(max(len(item.options), 1)), item.options or None)
+    return letter, letter is not None and letter == str(item.answer).strip().upper()
+
+
+_MMIQ_PHRASE = re.compile(
+    r"(?i:(?:the\s+)?(?:correct\s+|final\s+)?answer\s+(?:is|should\s+be)|answer\s*:)\s*[:：]?\s*\(?([A-E])\)?(?![A-Za-z0-9])"
+)
+_STANDALONE_LETTER = re.compile(r"(?<![A-Za-z0-9])([A-E])(?![A-Za-z0-9])")
+
+
+def mmiq_extract(response: str) -> Optional[str]:
+    """MM-IQ's rule: the letter after "the answer is"-style phrases, else the last standalone capital
+    letter A–E of the response."""
+    region = answer_region(response)
+    hits = _MMIQ_PHRASE.findall(region)
+    if hits:
+        return hits[-1]
+    letters = _STANDALONE_LETTER.findall(region)
+    return letters[-1] if letters else None
+
+
+def score_mmiq(item, response: str) -> tuple[Optional[str], bool]:
+    letter = mmiq_extract(response)
+    return letter, letter is not None and letter == str(item.answer).strip().upper()
+
+
+def score_m3cot(item, response: str) -> tuple[Optional[str], bool]:
+    """M3CoT: the letter after "[Answer]" / "answer is", the last `(X)`, one choice's text, or a
+    standalone letter (`extract_choice_letter` covers these, in that order)."""
+    letter = extract_choice_letter(answer_region(response), letters_for(len(item.options)), item.options)
+    return letter, letter is not None and letter == str(item.answer).strip().upper()
+
+
+def _accuracy_by(records: Sequence[Record], key: str) -> dict:
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for r in records:
+        groups[str(r["meta"].get(key))].append(bool(r["correct"]))
+    return {k: _percent(v) for k, v in sorted(groups.items())}
+
+
+def aggregate_mathverse(records: Sequence[Record]) -> dict:
+    return {
+        "mathverse_rule_based": _percent(r["correct"] for r in records),
+        "per_problem_version": _accuracy_by(records, "problem_version"),
+        "n": len(records),
+    }
+
+
+def aggregate_mmmu_pro(records: Sequence[Record]) -> dict:
+    """The mean of the standard (10 options) and vision accuracies (each over its own items)."""
+    per_setting = _accuracy_by(records, "setting")
+    return {
+        "mean_standard_vision": sum(per_setting.values()) / len(per_setting) if per_setting else 0.0,
+        "per_setting": per_setting,
+        "n": len(records),
+    }
+
+
+def aggregate_by_category(key: str):
+    """Accuracy and the per-`key` accuracies (MM-IQ: category; M3CoT: domain)."""
+
+    def aggregate(records: Sequence[Record]) -> dict:
+        return {"accuracy": _percent(r["correct"] for r in records), f"per_{key}": _accuracy_by(records, key), "n": len(records)}
+
+    return aggregate
