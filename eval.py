@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from mixedr1.distributed import all_gather_objects, barrier, destroy_distributed, init_distributed, print0
 from mixedr1.evaluation import BENCHMARKS, TABLE1, EvalItem, limit_items
-from mixedr1.evaluation.benchmarks import FILES, expected_layout
+from mixedr1.evaluation.benchmarks import FILES, check_unique_ids, expected_layout
 from mixedr1.evaluation.prompts import PROMPT_MODES, build_messages, prompt_text
 
 DEFAULT_BENCHMARKS = ",".join(TABLE1)
@@ -231,6 +231,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     # 1. Load every benchmark first, so a missing file fails before the model is loaded.
     all_items = {name: limit_items(BENCHMARKS[name].load(args.data_root), args.limit) for name in args.benchmarks}
     for name, items in all_items.items():
+        check_unique_ids(name, items)
         print0(f"{name}: {len(items)} items")
 
     # 2. What this rank still has to generate: its share (by index), minus what the cache holds.
@@ -273,7 +274,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         for name, items in all_items.items():
             predictions = {item_id: text for part in gathered for item_id, text in part[name].items()}
             results[name] = score_benchmark(name, items, predictions)
-        model_name = Path(args.ckpt).resolve().name
+        ckpt = Path(args.ckpt).resolve()
+        model_name = f"{ckpt.parent.name}/{ckpt.name}" if ckpt.parent.name else ckpt.name
         table = table1_markdown(results, model_name, args.prompt)
         report = {
             "checkpoint": str(Path(args.ckpt).resolve()),

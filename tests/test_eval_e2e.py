@@ -383,7 +383,8 @@ def test_torchrun_two_ranks_match_one_process(ckpt, data_root, tmp_path):
         "--ckpt", str(ckpt), "--data-root", str(data_root), "--output", str(output), "--benchmarks", names,
         "--limit", "2", "--max-new-tokens", "16", "--batch-size", "1",
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    # CPU for both ranks (a one-GPU machine has no cuda:1); gloo is the backend there.
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="")
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(output.read_text())
@@ -414,3 +415,11 @@ def test_optional_loaders_read_the_real_schema(data_root):
     assert [it.item_id for it in mmiq] == ["7", "8"] and mmiq[1].meta["category"] == "Spatial Relationship"
     m3cot = BENCHMARKS["m3cot"].load(data_root)
     assert m3cot[1].question == "Which number?\nContext: A number line." and m3cot[0].question == "Which force?"
+
+
+def test_duplicate_ids_are_an_error(tmp_path):
+    root = write_benchmarks(tmp_path / "data")
+    path = root / "MathVista/data/testmini-00000-of-00001-abc.parquet"
+    pq.write_table(pq.read_table(path), path.with_name("testmini-00001-of-00001-abc.parquet"))  # the same rows twice
+    with pytest.raises(BenchmarkDataError, match=r"mathvista: duplicate item ids: '1' \(.*testmini-00001-of-00001-abc\.parquet row 0\)"):
+        eval_cli.main(["--ckpt", str(tmp_path / "no-model"), "--data-root", str(root), "--benchmarks", "mathvista"])

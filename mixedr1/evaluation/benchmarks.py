@@ -209,6 +209,14 @@ def _text(row: dict, column: str, where: str) -> str:
     return str(value)
 
 
+def _int(row: dict, column: str, where: str) -> int:
+    value = row.get(column)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise BenchmarkDataError(f"{where}: column '{column}' is {value!r}; expected an integer") from None
+
+
 def _options_list(value: Any, where: str) -> list[str]:
     if value is None:
         return []
@@ -226,7 +234,7 @@ def load_mathvista(data_root: str | Path, name: str = "mathvista") -> list[EvalI
     `precision` (float digits) and the types go to `meta`."""
     items = []
     for where, row in read_rows(name, data_root):
-        question_type = _text(row, "question_type", where + " column 'question_type'")
+        question_type = _text(row, "question_type", where)
         choices = _options_list(row.get("choices"), where + " column 'choices'")
         if question_type == "multi_choice" and not choices:
             raise BenchmarkDataError(f"{where}: question_type is multi_choice but column 'choices' is empty")
@@ -294,7 +302,7 @@ def load_mmbench(data_root: str | Path, name: str = "mmbench") -> list[EvalItem]
         hint = row.get("hint")
         if not _is_missing(hint):
             question = f"{str(hint).strip()} {question}"
-        index = int(row["index"])
+        index = _int(row, "index", where)
         items.append(
             EvalItem(
                 benchmark=name,
@@ -372,7 +380,7 @@ def load_mmstar(data_root: str | Path, name: str = "mmstar") -> list[EvalItem]:
         items.append(
             EvalItem(
                 benchmark=name,
-                item_id=str(int(row["index"])),
+                item_id=str(_int(row, "index", where)),
                 question=_text(row, "question", where).strip(),
                 images=[open_image(row["image"], where + " column 'image'")],
                 options=[],
@@ -532,6 +540,17 @@ def load_m3cot(data_root: str | Path, name: str = "m3cot") -> list[EvalItem]:
             )
         )
     return items
+
+
+def check_unique_ids(name: str, items: Sequence[EvalItem]) -> None:
+    """Predictions are cached and gathered by item id, so two items with one id would share one answer."""
+    seen, duplicates = set(), []
+    for item in items:
+        if item.item_id in seen:
+            duplicates.append(f"{item.item_id!r} ({item.source})")
+        seen.add(item.item_id)
+    if duplicates:
+        raise BenchmarkDataError(f"{name}: duplicate item ids: {'; '.join(duplicates[:5])}; expected one row per id (is a file there twice?)")
 
 
 def limit_items(items: Sequence[EvalItem], limit: Optional[int]) -> list[EvalItem]:

@@ -571,6 +571,8 @@ def mmmu_eval_open(gold: Sequence[str], predictions: list) -> bool:
 def score_mmmu(item, response: str, seed: int = 42) -> tuple[Any, bool]:
     region = answer_region(response)
     if item.meta.get("question_type") == "multiple-choice":
+        if not item.options:
+            return None, False  # nothing to choose from (a malformed item); never counted right
         all_choices = list(letters_for(len(item.options)))
         index2ans = dict(zip(all_choices, item.options))
         letter = mmmu_parse_multi_choice(region, all_choices, index2ans, mmmu_rng(seed, item.item_id))
