@@ -237,7 +237,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     # 2. What this rank still has to generate: its share (by index), minus what the cache holds.
     cache = load_cache(args.output)
     barrier()  # every rank has read the caches before any rank appends to its own
-    keys = {name: {item.item_id: cache_key(name, item.item_id, args.prompt, prompt_sha(item, args.prompt), args.max_new_tokens) for item in items} for name, items in all_items.items()}
+    keys = {
+        name: {it.item_id: cache_key(name, it.item_id, args.prompt, prompt_sha(it, args.prompt), args.max_new_tokens) for it in items}
+        for name, items in all_items.items()
+    }
     mine = {name: items[rank::world] for name, items in all_items.items()}
     todo = {name: [it for it in items if keys[name][it.item_id] not in cache] for name, items in mine.items()}
     n_todo = sum(len(v) for v in todo.values())
@@ -278,7 +281,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         model_name = f"{ckpt.parent.name}/{ckpt.name}" if ckpt.parent.name else ckpt.name
         table = table1_markdown(results, model_name, args.prompt)
         report = {
-            "checkpoint": str(Path(args.ckpt).resolve()),
+            "checkpoint": str(ckpt),
             "prompt": args.prompt,
             "max_new_tokens": args.max_new_tokens,
             "limit": args.limit,
