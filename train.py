@@ -484,7 +484,7 @@ def prepare_demo_inputs(cfg: Config, run_dir: Path, dist) -> Config:
         data_dir = run_dir / "data"
         if dist.is_main and not (data_dir / "train.jsonl").is_file():
             write_synthetic_dataset(data_dir, cfg.data.synth_items, seed=cfg.train.seed,
-                                    heldout_per_type=max(2, cfg.data.synth_items // 4))
+                                    heldout_per_type=cfg.data.synth_heldout_items)
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(
             cfg.data, data_root=str(data_dir), train_file="train.jsonl"))
     distributed.barrier()

@@ -53,6 +53,7 @@ class DataConfig:
     max_prompt_tokens: int = 4096  # prompts longer than this (text + image tokens) are an error
     shuffle: bool = True  # shuffle the training items each epoch (seeded by train.seed)
     synth_items: int = 0  # > 0: generate this many synthetic items per type into output_dir/data
+    synth_heldout_items: int = 8  # with synth_items: held-out items per type (heldout.jsonl)
 
 
 @dataclass
@@ -175,7 +176,7 @@ class Config:
             (self.train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps must be >= 1"),
             (self.data.scale > 0, "data.scale must be > 0"),
             (self.data.max_prompt_tokens >= 1, "data.max_prompt_tokens must be >= 1"),
-            (self.data.synth_items >= 0, "data.synth_items must be >= 0"),
+            (self.data.synth_items >= 0 and self.data.synth_heldout_items >= 0, "data.synth_items and data.synth_heldout_items must be >= 0"),
             (self.checkpoint.every >= 0, "checkpoint.every must be >= 0"),
             (self.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1"),
             (self.log.every >= 1 and self.log.sample_every >= 1, "log.every and log.sample_every must be >= 1"),
