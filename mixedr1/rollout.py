@@ -1,0 +1,469 @@
+"""The one KV-cached sampler shared by training (SPEC §4 rollouts), the data engine (SPEC §5) and eval.
+
+`generate_rollout(model, batch, params)` samples `G` completions for each of `B` prompts:
+
+1. **Prefill once per prompt** (prefix sharing). The vision tower and the prompt tokens run once for
+   the `B` prompts with `use_cache=True`; the KV cache is then repeated `G` times along the batch
+   (`Cache.batch_repeat_interleave`, present in transformers 5.17 and 5.23), and so is the last
+   prompt position's logits. `model.generate(num_return_sequences=G)` instead prefills all `B*G`
+   rows (transformers 5.23 shares the vision encoder but not the language-model prefill; 5.17 shares
+   neither). `share_prefix=False` does that too (the prompts repeated before the prefill); it exists
+   for the tests and the benchmark.
+2. **Positions are explicit.** Qwen2-VL / Qwen2.5-VL use 3-D M-RoPE: text tokens advance all three
+   components together, an image's tokens get (t, h, w) grid coordinates, and the next text token
+   starts at `start + max(h, w) / merge`. `mrope_position_ids` computes this (the rule of
+   transformers 5.x `get_rope_index` for images, checked against it in the tests), and every forward
+   gets `position_ids [3, N, L]`. For a decode step all three components equal
+   `max(prompt positions) + 1 + t` (= HF's `cache_len + rope_delta` for left-padded rows). Passing
+   them explicitly means the model never reads or writes its stateful `model.model.rope_deltas`
+   and never needs `mm_token_type_ids`, so the path is the same in 5.17 and 5.23.
+3. **Decode** one token per step for every row still running. Finished rows are **dropped from the
+   work**: the cache (`Cache.batch_select_indices`), attention mask and positions keep only active
+   rows, so a finished row costs nothing afterwards. The cache is compacted on every step where a
+   row finishes; `DynamicCache` already copies its tensors every step (`torch.cat`), so this at most
+   doubles that step's cache traffic. The loop ends when every row has finished or after
+   `max_new_tokens`; no forward is run for the last sampled token.
+
+Sampling (`sample_next_tokens`), and its departures from `model.generate`:
+
+- `sampling_logprobs` is `log_softmax(logits / temperature)` of the FULL vocabulary, gathered at the
+  sampled token: what the trainer's teacher-forced forward computes for `log π_old` (SPEC §4 ρ).
+  Top-k / top-p truncation and the vision-token ban below change which token is drawn, not the
+  recorded log-prob (as in TRL / verl): with the paper's settings (temperature 1, no truncation)
+  the two coincide up to the banned tokens' mass.
+- Vision placeholders are banned: `image_token_id`, `video_token_id`, `vision_start_token_id`,
+  `vision_end_token_id` get logit −inf before sampling (and before greedy argmax). A sampled image
+  pad would make the teacher-forced forward fail with "image features and image tokens do not
+  match"; `generate` does this only when given `suppress_tokens`.
+- Randomness: one uniform number per row per step, drawn for ALL `B*G` rows from a seeded
+  `torch.Generator` (`params.seed`), and inverse-CDF sampling (`cumsum` + `searchsorted`, fp32).
+  Row `r` at step `t` always uses the same number, whatever other rows did, so a seeded rollout is
+  reproducible and `share_prefix` on / off draw identically. (`torch.multinomial` would tie each
+  row's draw to the current batch composition.)
+- `greedy=True` (eval) takes the argmax; `top_k=1` is the same thing.
+
+FSDP2: `generate_rollout` runs the model inside `distributed.gathered_for_generation`, which
+all-gathers every unit once and turns reshard-after-forward off until the end, so no collective
+runs inside the decode loop and a rank whose rows finish early leaves the loop without waiting.
+
+Everything runs under `torch.no_grad()` (not `inference_mode`: the returned tensors may later meet
+autograd in the trainer) and in eval mode (restored after), on the model's device; the model
+computes in its own dtype and sampling math is fp32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from mixedr1.distributed import gathered_for_generation
+
+MROPE_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl")
+
+
+@dataclass
+class SamplingParams:
+    """How to sample; `RolloutConfig` plus the tokenizer's ids (see `sampling_params_from_config`)."""
+
+    group_size: int = 8  # G: completions per prompt (SPEC §4)
+    max_new_tokens: int = 1024  # T cap
+    temperature: float = 1.0  # logits / temperature; also the temperature of `sampling_logprobs`
+    top_p: float = 1.0  # nucleus sampling; 1.0 = off
+    top_k: int = 0  # 0 = off
+    greedy: bool = False  # argmax (eval); temperature still sets the recorded log-probs
+    eos_token_ids: tuple[int, ...] = ()  # any of these ends a completion (kept, mask 1); () = never stop
+    pad_token_id: int = 0  # fills completion_ids after the end
+    seed: int = 0  # seeds the torch.Generator when none is passed
+
+    def __post_init__(self) -> None:
+        self.eos_token_ids = tuple(int(t) for t in self.eos_token_ids)
+        checks = [
+            (self.group_size >= 1, f"group_size must be >= 1, got {self.group_size}"),
+            (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
+            (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
+            (self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"SamplingParams: {message}")
+
+
+def sampling_params_from_config(
+    rollout_cfg, *, eos_token_ids: Sequence[int], pad_token_id: int, seed: int = 0, greedy: bool = False
+) -> SamplingParams:
+    """`SamplingParams` from `config.RolloutConfig` and the tokenizer's / generation config's ids."""
+    return SamplingParams(
+        group_size=rollout_cfg.group_size,
+        max_new_tokens=rollout_cfg.max_new_tokens,
+        temperature=rollout_cfg.temperature,
+        top_p=rollout_cfg.top_p,
+        top_k=rollout_cfg.top_k,
+        greedy=greedy,
+        eos_token_ids=tuple(eos_token_ids),
+        pad_token_id=pad_token_id,
+        seed=seed,
+    )
+
+
+@dataclass
+class Rollout:
+    """`G` completions of each of `B` prompts; rows of one group are contiguous (row = b*G + g)."""
+
+    completion_ids: torch.Tensor  # [B*G, T] long, right-padded with pad_token_id; T = longest completion
+    completion_mask: torch.Tensor  # [B*G, T] long, 1 up to and including the EOS token
+    sampling_logprobs: torch.Tensor  # [B*G, T] fp32, log_softmax(logits / temperature)[token]; 0 at padding
+    prompt_index: torch.Tensor  # [B*G] long, the prompt (0..B-1) each row answers
+    finish_reason: list[str] = field(default_factory=list)  # [B*G] "eos" | "length"
+
+    @property
+    def completion_lengths(self) -> torch.Tensor:  # [B*G]
+        return self.completion_mask.sum(dim=1)
+
+
+def decode_completions(rollout: Rollout, tokenizer) -> list[str]:
+    """One string per row: the completion's tokens (EOS included, padding excluded), special tokens skipped."""
+    lengths = rollout.completion_lengths.tolist()
+    rows = rollout.completion_ids.tolist()
+    return [tokenizer.decode(row[:n], skip_special_tokens=True) for row, n in zip(rows, lengths)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Positions and prompt expansion
+
+
+def mrope_position_ids(
+    input_ids: torch.Tensor,  # [B, P], left-padded
+    attention_mask: torch.Tensor,  # [B, P]
+    image_grid_thw: torch.Tensor | None,  # [num_images, 3], images in row order
+    *,
+    image_token_id: int,
+    spatial_merge_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Qwen2-VL / Qwen2.5-VL 3-D M-RoPE positions of a prompt batch, and each row's next position.
+
+    Text tokens: `(p, p, p)` with `p` counting up. An image of grid `(t, h, w)` patches has
+    `t * (h/m) * (w/m)` tokens at `(start + i_t, start + i_h, start + i_w)`; the text after it starts
+    at `start + max(h, w) / m` (transformers 5.x `get_rope_index` for images). Padding gets 0.
+    Returns `position_ids [3, B, P]` and `next_position [B]` = max position + 1, the position of
+    every component of the first generated token.
+    """
+    batch_size, prompt_len = input_ids.shape
+    device = input_ids.device
+    position_ids = torch.zeros(3, batch_size, prompt_len, dtype=torch.long, device=device)  # [3, B, P]
+    next_position = torch.zeros(batch_size, dtype=torch.long, device=device)  # [B]
+    grids = image_grid_thw.tolist() if image_grid_thw is not None else []
+    image_index = 0
+    for b in range(batch_size):
+        keep = attention_mask[b].bool()
+        ids = input_ids[b][keep]  # [L_b]
+        is_image = (ids == image_token_id).tolist()
+        pieces, start, i = [], 0, 0
+        while i < len(is_image):
+            if not is_image[i]:
+                j = i
+                while j < len(is_image) and not is_image[j]:
+                    j += 1
+                pieces.append(torch.arange(start, start + j - i, device=device).expand(3, -1))  # [3, n]
+                start, i = start + j - i, j
+                continue
+            if image_index >= len(grids):
+                raise ValueError(
+                    f"prompt {b}: more image placeholder runs than image_grid_thw rows ({len(grids)}); "
+                    f"each image needs its own row in image_grid_thw"
+                )
+            t, h, w = grids[image_index]
+            gh, gw = h // spatial_merge_size, w // spatial_merge_size
+            n = t * gh * gw
+            if i + n > len(is_image) or not all(is_image[i : i + n]):
+                run = i
+                while run < len(is_image) and is_image[run]:
+                    run += 1
+                raise ValueError(
+                    f"prompt {b}, image {image_index}: image_grid_thw {[t, h, w]} needs {n} image tokens "
+                    f"(t*h*w / merge^2), the prompt has a run of {run - i}"
+                )
+            grid = torch.stack(
+                torch.meshgrid(
+                    torch.arange(t, device=device),
+                    torch.arange(gh, device=device),
+                    torch.arange(gw, device=device),
+                    indexing="ij",
+                )
+            ).reshape(3, n)  # [3, n]
+            pieces.append(grid + start)
+            start += max(gh, gw)
+            image_index += 1
+            i += n
+        if pieces:
+            row = torch.cat(pieces, dim=1)  # [3, L_b]
+            position_ids[:, b, keep] = row
+            next_position[b] = row.max() + 1
+    if image_index != len(grids):
+        raise ValueError(f"image_grid_thw has {len(grids)} rows but the prompts hold {image_index} images")
+    return position_ids, next_position
+
+
+def _images_per_prompt(
+    input_ids: torch.Tensor,  # [B, P]
+    image_grid_thw: torch.Tensor | None,  # [num_images, 3]
+    image_token_id: int,
+    spatial_merge_size: int,
+) -> list[list[int]]:
+    """For each prompt, the indices of its images in `image_grid_thw` (images are in row order)."""
+    tokens_per_image = [] if image_grid_thw is None else (image_grid_thw.prod(-1) // spatial_merge_size**2).tolist()
+    owners: list[list[int]] = []
+    image = 0
+    for b, count in enumerate((input_ids == image_token_id).sum(dim=1).tolist()):
+        mine = []
+        while count > 0:
+            if image >= len(tokens_per_image):
+                raise ValueError(f"prompt {b} has image tokens beyond the images of image_grid_thw")
+            mine.append(image)
+            count -= tokens_per_image[image]
+            image += 1
+        if count != 0:
+            raise ValueError(f"prompt {b}: its image tokens do not add up to whole images of image_grid_thw")
+        owners.append(mine)
+    return owners
+
+
+def repeat_prompts(batch: Mapping[str, Any], group_size: int, model_config) -> dict[str, torch.Tensor]:
+    """The prompt batch with each prompt repeated `group_size` times (row b*G + g), images included.
+
+    `pixel_values [sum_patches, C]` and `image_grid_thw [num_images, 3]` are flat over the batch, so
+    they are regrouped per prompt before repeating. This is what a teacher-forced forward over the
+    `B*G` completions needs, and the no-sharing prefill of `share_prefix=False`.
+    """
+    input_ids = batch["input_ids"]  # [B, P]
+    out = {
+        "input_ids": input_ids.repeat_interleave(group_size, dim=0),  # [B*G, P]
+        "attention_mask": batch["attention_mask"].repeat_interleave(group_size, dim=0),  # [B*G, P]
+    }
+    pixel_values, image_grid_thw = batch.get("pixel_values"), batch.get("image_grid_thw")
+    if pixel_values is None:
+        return out
+    merge = model_config.vision_config.spatial_merge_size
+    owners = _images_per_prompt(input_ids, image_grid_thw, model_config.image_token_id, merge)
+    patch_offsets = [0] + torch.cumsum(image_grid_thw.prod(-1), 0).tolist()  # [num_images + 1]
+    image_rows, patch_rows = [], []
+    for images in owners:
+        patches = [torch.arange(patch_offsets[i], patch_offsets[i + 1]) for i in images]
+        for _ in range(group_size):
+            image_rows.extend(images)
+            patch_rows.extend(patches)
+    device = pixel_values.device
+    out["image_grid_thw"] = image_grid_thw[torch.tensor(image_rows, dtype=torch.long, device=image_grid_thw.device)]
+    out["pixel_values"] = pixel_values[torch.cat(patch_rows).to(device)] if patch_rows else pixel_values[:0]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling
+
+
+def banned_token_ids(model_config) -> list[int]:
+    """Vision placeholder ids that must never be sampled (see the module docstring)."""
+    names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+    ids = {getattr(model_config, name, None) for name in names}
+    return sorted(i for i in ids if i is not None)
+
+
+def sample_next_tokens(
+    logits: torch.Tensor,  # [N, V], any float dtype
+    uniforms: torch.Tensor,  # [N] in [0, 1), one per row
+    params: SamplingParams,
+    banned_ids: torch.Tensor | None = None,  # [K] long
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next tokens `[N]` and their log-probs `[N]` under `log_softmax(logits / temperature)` (full vocab).
+
+    Draw: banned ids → −inf; greedy → argmax; else top-k, then top-p (keep the smallest prefix of
+    tokens, by descending probability, whose mass reaches `top_p`; the first token always stays),
+    then inverse-CDF with the given uniforms.
+    """
+    scaled = logits.float() / params.temperature  # [N, V] fp32
+    logprobs_full = torch.log_softmax(scaled, dim=-1)  # [N, V]
+    if banned_ids is not None and banned_ids.numel() > 0:
+        scaled = scaled.index_fill(1, banned_ids, float("-inf"))
+    if params.greedy:
+        tokens = scaled.argmax(dim=-1)  # [N]
+    else:
+        vocab = scaled.shape[-1]
+        if 0 < params.top_k < vocab:
+            kth = torch.topk(scaled, params.top_k, dim=-1).values[:, -1:]  # [N, 1]
+            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+        probs = torch.softmax(scaled, dim=-1)  # [N, V]
+        if params.top_p < 1.0:
+            sorted_probs, order = probs.sort(dim=-1, descending=True)  # [N, V]
+            mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # [N, V]
+            sorted_probs = sorted_probs.masked_fill(mass_before >= params.top_p, 0.0)
+            probs = torch.zeros_like(probs).scatter_(1, order, sorted_probs)
+        cdf = probs.cumsum(dim=-1)  # [N, V], unnormalised after truncation
+        total = cdf[:, -1:]  # [N, 1]
+        target = uniforms.to(cdf.device, cdf.dtype).unsqueeze(1) * total  # [N, 1]
+        # Kept strictly below the total mass (u * total can round up to it), so some token's cdf
+        # exceeds it; no host sync needed.
+        target = torch.minimum(target, torch.nextafter(total, torch.zeros_like(total)))
+        # right=True: the first token whose cdf exceeds the target, so zero-probability tokens
+        # (banned, truncated) are never chosen.
+        tokens = torch.searchsorted(cdf, target, right=True).squeeze(1)  # [N]
+    logprobs = logprobs_full.gather(1, tokens.unsqueeze(1)).squeeze(1)  # [N]
+    return tokens, logprobs
+
+
+# ----------------------------------------------------------------------------------------------
+# The sampler
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def generate_rollout(
+    model: nn.Module,
+    batch: Mapping[str, Any],
+    params: SamplingParams,
+    *,
+    generator: torch.Generator | None = None,
+    share_prefix: bool = True,
+) -> Rollout:
+    """Sample `params.group_size` completions for each prompt of `batch` (see the module docstring).
+
+    `batch`: `input_ids [B, P]` LEFT-padded, `attention_mask [B, P]`, and for prompts with images
+    `pixel_values [sum_patches, C]` and `image_grid_thw [num_images, 3]` (the Qwen processor's
+    output; other keys are ignored). `model`: a Qwen2-VL / Qwen2.5-VL `ForConditionalGeneration`,
+    plain or FSDP2-sharded. `generator`: a `torch.Generator` (any device; default: one on the
+    model's device seeded with `params.seed`); the same generator state gives the same rollout.
+    """
+    config = model.config
+    if getattr(config, "model_type", None) not in MROPE_MODEL_TYPES:
+        raise NotImplementedError(
+            f"generate_rollout supports Qwen2-VL / Qwen2.5-VL (M-RoPE positions), not model_type={config.model_type!r}"
+        )
+    if batch.get("pixel_values_videos") is not None:
+        raise NotImplementedError("generate_rollout: video inputs are not supported (Mixed-R1 trains on images)")
+    input_ids = batch["input_ids"]
+    video_token_id = getattr(config, "video_token_id", None)
+    if video_token_id is not None and bool((input_ids == video_token_id).any()):
+        raise ValueError("generate_rollout: the prompts contain video tokens; only images are supported")
+    if "attention_mask" in batch and bool((batch["attention_mask"][:, -1] == 0).any()):
+        raise ValueError("generate_rollout: input_ids must be LEFT-padded (a row's last attention_mask entry is 0)")
+    # Eval mode for the rollout: in training mode with gradient checkpointing on, transformers turns
+    # `use_cache` off (and drops the cache), and dropout would perturb the samples. Each module's
+    # own flag is restored afterwards (a frozen vision tower may be kept in eval mode on purpose).
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with gathered_for_generation(model), torch.no_grad():
+            device = _model_device(model)
+            if generator is None:
+                generator = torch.Generator(device=device).manual_seed(params.seed)
+            return _sample(model, batch, params, generator, share_prefix, device)
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _sample(
+    model: nn.Module,
+    batch: Mapping[str, Any],
+    params: SamplingParams,
+    generator: torch.Generator,
+    share_prefix: bool,
+    device: torch.device,
+) -> Rollout:
+    config = model.config
+    group = params.group_size
+    input_ids = batch["input_ids"].to(device)  # [B, P]
+    attention_mask = batch.get("attention_mask")
+    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)  # [B, P]
+    prompts = {"input_ids": input_ids, "attention_mask": attention_mask}
+    for key in ("pixel_values", "image_grid_thw"):
+        if batch.get(key) is not None:
+            prompts[key] = batch[key].to(device)
+    num_prompts = input_ids.shape[0]
+    rows = num_prompts * group
+    if not share_prefix:
+        prompts = repeat_prompts(prompts, group, config)  # every tensor now has B*G rows / their images
+
+    # Prefill: vision tower + prompt tokens, once per prompt (or once per row without sharing).
+    position_ids, next_position = mrope_position_ids(
+        prompts["input_ids"],
+        prompts["attention_mask"],
+        prompts.get("image_grid_thw"),
+        image_token_id=config.image_token_id,
+        spatial_merge_size=config.vision_config.spatial_merge_size,
+    )  # [3, B, P], [B]
+    out = model(
+        input_ids=prompts["input_ids"],
+        attention_mask=prompts["attention_mask"],
+        position_ids=position_ids,
+        pixel_values=prompts.get("pixel_values"),
+        image_grid_thw=prompts.get("image_grid_thw"),
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    logits = out.logits[:, -1]  # [B, V] (or [B*G, V] without sharing)
+    cache = out.past_key_values
+    mask = prompts["attention_mask"]  # [B, P]
+    if share_prefix:
+        cache.batch_repeat_interleave(group)
+        logits = logits.repeat_interleave(group, dim=0)  # [B*G, V]
+        next_position = next_position.repeat_interleave(group)  # [B*G]
+        mask = mask.repeat_interleave(group, dim=0)  # [B*G, P]
+    del out
+
+    banned = torch.tensor(banned_token_ids(config), dtype=torch.long, device=device)  # [K]
+    banned = banned[banned < logits.shape[-1]]
+    eos = torch.tensor(params.eos_token_ids, dtype=torch.long, device=device)  # [E]
+    max_new = params.max_new_tokens
+    completion_ids = torch.full((rows, max_new), params.pad_token_id, dtype=torch.long, device=device)  # [B*G, T]
+    completion_mask = torch.zeros(rows, max_new, dtype=torch.long, device=device)  # [B*G, T]
+    sampling_logprobs = torch.zeros(rows, max_new, dtype=torch.float32, device=device)  # [B*G, T]
+    ended_by_eos = torch.zeros(rows, dtype=torch.bool, device=device)  # [B*G]
+    active = torch.arange(rows, device=device)  # [A] rows still running; the cache holds exactly these
+    steps = 0
+    for step in range(max_new):
+        # One uniform per row of the whole rollout, so a row's draw does not depend on the others.
+        uniforms = torch.rand(rows, generator=generator, device=generator.device).to(device)[active]  # [A]
+        tokens, logprobs = sample_next_tokens(logits, uniforms, params, banned)  # [A], [A]
+        completion_ids[active, step] = tokens
+        completion_mask[active, step] = 1
+        sampling_logprobs[active, step] = logprobs
+        steps = step + 1
+        finished = torch.isin(tokens, eos) if eos.numel() else torch.zeros_like(tokens, dtype=torch.bool)  # [A]
+        ended_by_eos[active[finished]] = True
+        if step == max_new - 1:
+            break
+        if bool(finished.any()):
+            keep = (~finished).nonzero().squeeze(1)  # [A']
+            if keep.numel() == 0:
+                break
+            active, tokens = active[keep], tokens[keep]
+            cache.batch_select_indices(keep)
+            mask, next_position = mask[keep], next_position[keep]
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # [A, P + step + 1]
+        positions = next_position.view(1, -1, 1).expand(3, -1, 1)  # [3, A, 1]: text token, all components equal
+        out = model(
+            input_ids=tokens.unsqueeze(1),  # [A, 1]
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        logits = out.logits[:, -1]  # [A, V]
+        cache = out.past_key_values
+        next_position = next_position + 1
+    del cache
+
+    finish_reason = ["eos" if e else "length" for e in ended_by_eos.tolist()]
+    return Rollout(
+        completion_ids=completion_ids[:, :steps].contiguous(),
+        completion_mask=completion_mask[:, :steps].contiguous(),
+        sampling_logprobs=sampling_logprobs[:, :steps].contiguous(),
+        prompt_index=torch.arange(num_prompts, device=device).repeat_interleave(group),
+        finish_reason=finish_reason,
+    )
