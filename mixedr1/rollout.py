@@ -45,6 +45,7 @@ Sampling (`sample_next_tokens`), and its departures from `model.generate`:
 FSDP2: `generate_rollout` runs the model inside `distributed.gathered_for_generation`, which
 all-gathers every unit once and turns reshard-after-forward off until the end, so no collective
 runs inside the decode loop and a rank whose rows finish early leaves the loop without waiting.
+A model the caller already gathered (no DTensor parameters left) is used as it is and left gathered.
 
 Everything runs under `torch.no_grad()` (not `inference_mode`: the returned tensors may later meet
 autograd in the trainer) and in eval mode (restored after), on the model's device; the model
@@ -53,6 +54,7 @@ computes in its own dtype and sampling math is fp32.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -322,6 +324,16 @@ def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _has_sharded_parameters(model: nn.Module) -> bool:
+    """True for an FSDP2 model that is not gathered: its sharded parameters are DTensors, and FSDP2
+    swaps in plain tensors while a unit is unsharded. A type check, no communication."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return False
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
 def generate_rollout(
     model: nn.Module,
     batch: Mapping[str, Any],
@@ -357,7 +369,10 @@ def generate_rollout(
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        with gathered_for_generation(model), torch.no_grad():
+        # A caller that already holds the model gathered (the trainer, around rollout + rewards) keeps
+        # it so: gathering again here would reshard everything on the way out.
+        gathering = gathered_for_generation(model) if _has_sharded_parameters(model) else contextlib.nullcontext()
+        with gathering, torch.no_grad():
             device = _model_device(model)
             if generator is None:
                 generator = torch.Generator(device=device).manual_seed(params.seed)

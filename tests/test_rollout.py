@@ -308,7 +308,7 @@ def test_fsdp2_sharded_model_samples_the_same_and_never_reshards_inside_the_loop
     dist = pytest.importorskip("torch.distributed")
     from torch.distributed.fsdp._fully_shard import _fsdp_param_group
 
-    from mixedr1.distributed import fsdp_units, shard_model
+    from mixedr1.distributed import fsdp_units, gathered_for_generation, shard_model
 
     model, processor = tiny
     batch = make_batch(processor, MIXED)
@@ -337,5 +337,19 @@ def test_fsdp2_sharded_model_samples_the_same_and_never_reshards_inside_the_loop
         assert type(sharded.lm_head.weight).__name__ == "DTensor"
         assert torch.equal(rollout.completion_ids, plain.completion_ids)
         torch.testing.assert_close(rollout.sampling_logprobs, plain.sampling_logprobs, atol=1e-5, rtol=0)
+        # Inside the caller's own gathering (the trainer's), the sampler leaves the model gathered.
+        reshards.clear()
+        _fsdp_param_group.FSDPParamGroup._to_sharded = counting
+        try:
+            with gathered_for_generation(sharded):
+                first = generate_rollout(sharded, batch, params)
+                assert type(sharded.lm_head.weight).__name__ != "DTensor" and not reshards
+                second = generate_rollout(sharded, batch, params)
+                assert not reshards
+        finally:
+            _fsdp_param_group.FSDPParamGroup._to_sharded = original
+        assert len(reshards) == groups
+        assert torch.equal(first.completion_ids, plain.completion_ids)
+        assert torch.equal(second.completion_ids, plain.completion_ids)
     finally:
         dist.destroy_process_group()
