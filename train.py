@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir = Path(cfg.output_dir)
     log = RunLog(run_dir, enabled=dist.is_main, tensorboard=cfg.log.tensorboard)
     torch.manual_seed(cfg.train.seed)
+    if cfg.train.cpu_threads and dist.device.type == "cpu":
+        torch.set_num_threads(cfg.train.cpu_threads)
 
     # ---- inputs: the demo builds its tiny model and synthetic data into the run directory ----------
     cfg = prepare_demo_inputs(cfg, run_dir, dist)

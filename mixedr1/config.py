@@ -113,6 +113,7 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False  # continue from the latest checkpoint in output_dir
     max_nonfinite_steps: int = 3  # this many non-finite losses in a row stop the run
+    cpu_threads: int = 0  # torch.set_num_threads on CPU; 0 = torch's default (1 is fastest for tiny models)
 
 
 @dataclass
@@ -174,6 +175,7 @@ class Config:
             (self.train.micro_batch_size >= 1, "train.micro_batch_size must be >= 1"),
             (self.train.sft_warmup_steps >= 0, "train.sft_warmup_steps must be >= 0"),
             (self.train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps must be >= 1"),
+            (self.train.cpu_threads >= 0, "train.cpu_threads must be >= 0"),
             (self.data.scale > 0, "data.scale must be > 0"),
             (self.data.max_prompt_tokens >= 1, "data.max_prompt_tokens must be >= 1"),
             (self.data.synth_items >= 0 and self.data.synth_heldout_items >= 0, "data.synth_items and data.synth_heldout_items must be >= 0"),

@@ -171,12 +171,17 @@ def gathered_for_generation(model: nn.Module, reshard_after_forward: bool = True
     if not units:
         yield model
         return
-    for unit in units:
+    # The root keeps its own setting: FSDP2 never reshards the root after forward (backward would
+    # gather it again at once), and setting the flag on it would change that.
+    inner = [unit for unit in units if unit is not model]
+    for unit in inner:
         unit.set_reshard_after_forward(False, recurse=False)
+    for unit in units:
         unit.unshard()
     try:
         yield model
     finally:
         for unit in units:
             unit.reshard()
+        for unit in inner:
             unit.set_reshard_after_forward(reshard_after_forward, recurse=False)
