@@ -146,7 +146,8 @@ def shard_model(
         kwargs["offload_policy"] = CPUOffloadPolicy()
     for block in shardable_blocks(model):
         fully_shard(block, **kwargs)
-    fully_shard(model, **kwargs)
+    # The root keeps its parameters gathered after forward: backward would gather them again at once.
+    fully_shard(model, **{**kwargs, "reshard_after_forward": False})
     # FSDP2 takes the first unit whose forward runs as the root. Training calls the vision tower and
     # generation calls the inner model before the root's own forward, so fix the root now (FSDP2's
     # lazy init, otherwise run on the first root forward; unshard() alone does not do it).
@@ -171,8 +172,7 @@ def gathered_for_generation(model: nn.Module, reshard_after_forward: bool = True
     if not units:
         yield model
         return
-    # The root keeps its own setting: FSDP2 never reshards the root after forward (backward would
-    # gather it again at once), and setting the flag on it would change that.
+    # The root keeps its own setting (never reshard after forward, see shard_model).
     inner = [unit for unit in units if unit is not model]
     for unit in inner:
         unit.set_reshard_after_forward(False, recurse=False)

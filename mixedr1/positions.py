@@ -46,13 +46,16 @@ def mrope_position_ids(
                 i = j
                 continue
             if image_index >= len(grids):
-                raise ValueError(f"row {b}: more image-token runs than images in image_grid_thw ({len(grids)})")
+                raise ValueError(f"row {b}: more image-token runs than image_grid_thw rows ({len(grids)}); "
+                                 f"each image needs its own row in image_grid_thw")
             t, h, w = grids[image_index]
             image_index += 1
             gh, gw = h // spatial_merge_size, w // spatial_merge_size
             n = t * gh * gw
             if ids[i : i + n] != [image_token_id] * n:
-                raise ValueError(f"row {b}: image {image_index - 1} needs {n} image tokens (grid {t}x{h}x{w})")
+                run = next((k for k in range(i, len(ids)) if ids[k] != image_token_id), len(ids)) - i
+                raise ValueError(f"row {b}: image {image_index - 1} needs {n} image tokens (grid {t}x{h}x{w}, "
+                                 f"t*h*w / merge^2), the row has a run of {run}")
             tt = torch.arange(t, device=device).view(t, 1, 1).expand(t, gh, gw).reshape(-1)
             hh = torch.arange(gh, device=device).view(1, gh, 1).expand(t, gh, gw).reshape(-1)
             ww = torch.arange(gw, device=device).view(1, 1, gw).expand(t, gh, gw).reshape(-1)

@@ -11,7 +11,7 @@
    for the tests and the benchmark.
 2. **Positions are explicit.** Qwen2-VL / Qwen2.5-VL use 3-D M-RoPE: text tokens advance all three
    components together, an image's tokens get (t, h, w) grid coordinates, and the next text token
-   starts at `start + max(h, w) / merge`. `mrope_position_ids` computes this (the rule of
+   starts at `start + max(h, w) / merge`. `mixedr1.positions.mrope_position_ids` computes this (the rule of
    transformers 5.x `get_rope_index` for images, checked against it in the tests), and every forward
    gets `position_ids [3, N, L]`. For a decode step all three components equal
    `max(prompt positions) + 1 + t` (= HF's `cache_len + rope_delta` for left-padded rows). Passing
@@ -62,6 +62,7 @@ import torch
 from torch import nn
 
 from mixedr1.distributed import gathered_for_generation
+from mixedr1.positions import mrope_position_ids
 
 MROPE_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl")
 
@@ -135,78 +136,6 @@ def decode_completions(rollout: Rollout, tokenizer) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------
 # Positions and prompt expansion
-
-
-def mrope_position_ids(
-    input_ids: torch.Tensor,  # [B, P], left-padded
-    attention_mask: torch.Tensor,  # [B, P]
-    image_grid_thw: torch.Tensor | None,  # [num_images, 3], images in row order
-    *,
-    image_token_id: int,
-    spatial_merge_size: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Qwen2-VL / Qwen2.5-VL 3-D M-RoPE positions of a prompt batch, and each row's next position.
-
-    Text tokens: `(p, p, p)` with `p` counting up. An image of grid `(t, h, w)` patches has
-    `t * (h/m) * (w/m)` tokens at `(start + i_t, start + i_h, start + i_w)`; the text after it starts
-    at `start + max(h, w) / m` (transformers 5.x `get_rope_index` for images). Padding gets 0.
-    Returns `position_ids [3, B, P]` and `next_position [B]` = max position + 1, the position of
-    every component of the first generated token.
-    """
-    batch_size, prompt_len = input_ids.shape
-    device = input_ids.device
-    position_ids = torch.zeros(3, batch_size, prompt_len, dtype=torch.long, device=device)  # [3, B, P]
-    next_position = torch.zeros(batch_size, dtype=torch.long, device=device)  # [B]
-    grids = image_grid_thw.tolist() if image_grid_thw is not None else []
-    image_index = 0
-    for b in range(batch_size):
-        keep = attention_mask[b].bool()
-        ids = input_ids[b][keep]  # [L_b]
-        is_image = (ids == image_token_id).tolist()
-        pieces, start, i = [], 0, 0
-        while i < len(is_image):
-            if not is_image[i]:
-                j = i
-                while j < len(is_image) and not is_image[j]:
-                    j += 1
-                pieces.append(torch.arange(start, start + j - i, device=device).expand(3, -1))  # [3, n]
-                start, i = start + j - i, j
-                continue
-            if image_index >= len(grids):
-                raise ValueError(
-                    f"prompt {b}: more image placeholder runs than image_grid_thw rows ({len(grids)}); "
-                    f"each image needs its own row in image_grid_thw"
-                )
-            t, h, w = grids[image_index]
-            gh, gw = h // spatial_merge_size, w // spatial_merge_size
-            n = t * gh * gw
-            if i + n > len(is_image) or not all(is_image[i : i + n]):
-                run = i
-                while run < len(is_image) and is_image[run]:
-                    run += 1
-                raise ValueError(
-                    f"prompt {b}, image {image_index}: image_grid_thw {[t, h, w]} needs {n} image tokens "
-                    f"(t*h*w / merge^2), the prompt has a run of {run - i}"
-                )
-            grid = torch.stack(
-                torch.meshgrid(
-                    torch.arange(t, device=device),
-                    torch.arange(gh, device=device),
-                    torch.arange(gw, device=device),
-                    indexing="ij",
-                )
-            ).reshape(3, n)  # [3, n]
-            pieces.append(grid + start)
-            start += max(gh, gw)
-            image_index += 1
-            i += n
-        if pieces:
-            row = torch.cat(pieces, dim=1)  # [3, L_b]
-            position_ids[:, b, keep] = row
-            next_position[b] = row.max() + 1
-    if image_index != len(grids):
-        raise ValueError(f"image_grid_thw has {len(grids)} rows but the prompts hold {image_index} images")
-    return position_ids, next_position
 
 
 def _images_per_prompt(
