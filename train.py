@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from mixedr1 import distributed
-from mixedr1.checkpoint import latest_checkpoint, load_train_state, save_checkpoint
+from mixedr1.checkpoint import latest_checkpoint, load_train_state, save_checkpoint, save_hf_model
 from mixedr1.config import Config, ConfigError, load_config, save_config
 from mixedr1.data.batch import PromptBatch, collate
 from mixedr1.data.dataset import Record, load_records, load_training_records, resolve_data_path
@@ -36,8 +36,9 @@ from mixedr1.data.synth import write_synthetic_dataset
 from mixedr1.grpo import grpo_policy_loss, group_advantages, loss_normalizers
 from mixedr1.models import build_tiny_model, load_policy_and_processor, load_model, freeze_vision_tower
 from mixedr1.policy import PolicyModel, build_sequences, features_per_prompt, row_image_embeds
-from mixedr1.rewards import RewardContext, RewardTarget, score_group
-from mixedr1.rollout import decode_completions, generate_rollout, sampling_params_from_config
+from mixedr1.rewards import RewardContext, score_group
+from mixedr1.rewards.context import make_reward_context, reward_target, with_embedding_table
+from mixedr1.rollout import decode_completions, eos_token_ids, generate_rollout, sampling_params_from_config
 from mixedr1.runlog import RunLog
 
 
@@ -73,8 +74,12 @@ def main(argv: list[str] | None = None) -> dict:
     processor.tokenizer.padding_side = "left"
     policy = PolicyModel(hf_policy.train())
     reference = None
+    first_rl_step = cfg.train.sft_warmup_steps if cfg.train.algorithm == "grpo" else 0
+    warmed_up_dir = run_dir / "sft_warmup"  # the policy after the SFT warm-up: GRPO's reference
     if cfg.grpo.beta > 0 and cfg.train.algorithm == "grpo":
         ref_path = cfg.model.ref_path or (cfg.model.path if resume_from else policy_path)
+        if resume_from and cfg.train.sft_warmup_steps and cfg.model.ref_path is None and warmed_up_dir.is_dir():
+            ref_path = warmed_up_dir
         reference = PolicyModel(load_reference(cfg, ref_path, dist.device))
     policy, reference = shard(cfg, dist, policy, reference)
     optimizer = torch.optim.AdamW(
@@ -92,9 +97,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- the loop: SFT warm-up steps first (if any), then GRPO (or SFT throughout for the baseline) --
     summary = {}
-    first_rl_step = cfg.train.sft_warmup_steps if cfg.train.algorithm == "grpo" else 0
     progress = progress_bar(cfg, dist, start_step, total_steps)
     for step in range(start_step, total_steps):
+        if step == first_rl_step and step > 0:  # the SFT warm-up is over: GRPO starts from here
+            start_grpo_after_warmup(policy, reference, optimizer, processor, warmed_up_dir, cfg, dist, log)
         if heldout and step == first_rl_step:  # the demo's "before": after the SFT warm-up, before GRPO
             summary["before"] = evaluate(policy, processor, heldout, cfg, reward_ctx, dist)
             log.info(f"held-out before {cfg.train.algorithm} (step {step}): " + format_eval(summary["before"]))
@@ -273,6 +279,19 @@ def image_embeds_for(policy, batch: PromptBatch, mb, frozen_features):
     return torch.cat([lookup[int(p)] for p in mb.prompt_index]) if feats else None
 
 
+def start_grpo_after_warmup(policy, reference, optimizer, processor, warmed_up_dir, cfg: Config, dist, log) -> None:
+    """GRPO's reference is the policy it starts from (SPEC §4), i.e. the warmed-up one, not the model
+    before SFT (whose KL to the warmed-up policy is large). Saved so a resumed run uses the same
+    reference; the optimizer starts fresh, as a separate GRPO run from that checkpoint would."""
+    save_hf_model(warmed_up_dir, policy, processor, rank=dist.rank)
+    if reference is not None and cfg.model.ref_path is None:
+        with torch.no_grad():
+            for ref_param, param in zip(reference.parameters(), policy.parameters()):
+                ref_param.copy_(param)  # same module tree and sharding: shard by shard
+    optimizer.state.clear()
+    log.info(f"SFT warm-up done: policy saved to {warmed_up_dir}; it is GRPO's reference from here")
+
+
 # ================================================================================================
 # One SFT step (the "+SFT baseline" rows, and the optional warm start)
 
@@ -356,13 +375,6 @@ def concat_rollouts(parts, pad_token_id: int):
     )
 
 
-def reward_target(batch: PromptBatch, b: int) -> RewardTarget:
-    record = batch.records[b]
-    return RewardTarget(
-        problem_type=record.problem_type, answer=record.answer, options=record.options,
-        orig_hw=tuple(batch.image_sizes[b][0]) if batch.image_sizes[b] else None,
-        model_hw=tuple(batch.model_image_sizes[b][0]) if batch.model_image_sizes[b] else None,
-    )
 
 
 def score_rollout(batch: PromptBatch, texts: list[str], G: int, cfg: Config, ctx: RewardContext):
@@ -373,18 +385,8 @@ def score_rollout(batch: PromptBatch, texts: list[str], G: int, cfg: Config, ctx
     return torch.tensor([r.total for r in breakdowns], dtype=torch.float32), breakdowns
 
 
-def make_reward_context(cfg: Config, processor, device) -> RewardContext:
-    judge = None
-    if cfg.reward.open_ended in ("modernbert", "sbert", "llm_judge"):
-        from mixedr1.rewards.judges import make_judge
-
-        judge = make_judge(cfg.reward, device)
-    return RewardContext(tokenizer=processor.tokenizer, judge=judge)
 
 
-def with_embedding_table(ctx: RewardContext, hf) -> RewardContext:
-    """BMAS uses the policy's current input embedding table (SPEC §3); read while it is gathered."""
-    return dataclasses.replace(ctx, embedding_table=hf.get_input_embeddings().weight.detach())
 
 
 def reward_metrics(batch: PromptBatch, breakdowns, rollout, zero_variance, G: int) -> dict:
@@ -414,15 +416,6 @@ def reward_metrics(batch: PromptBatch, breakdowns, rollout, zero_variance, G: in
     return out
 
 
-def eos_token_ids(hf, tokenizer) -> list[int]:
-    """End-of-turn tokens: the generation config's, else the tokenizer's EOS (Qwen: <|im_end|>)."""
-    eos = getattr(getattr(hf, "generation_config", None), "eos_token_id", None)
-    ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids = [tokenizer.eos_token_id] + ids
-    if not ids:
-        raise ValueError("no EOS token: neither the generation config nor the tokenizer defines one")
-    return ids
 
 
 # ================================================================================================

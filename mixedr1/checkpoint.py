@@ -81,6 +81,30 @@ def _full_options() -> StateDictOptions:
     return StateDictOptions(full_state_dict=True, cpu_offload=torch.distributed.is_initialized())
 
 
+def full_hf_weights(model: torch.nn.Module, hf_attr: str = "hf") -> dict[str, torch.Tensor]:
+    """Collective: the full (unsharded) weights of `model.<hf_attr>`, keyed as `from_pretrained` reads
+    them; on rank 0 (every rank in a world of one), empty elsewhere."""
+    prefix = f"{hf_attr}."
+    state = get_model_state_dict(model, options=_full_options())
+    return {k[len(prefix):]: v.contiguous() for k, v in state.items() if k.startswith(prefix)}
+
+
+def save_hf_model(path: str | Path, model: torch.nn.Module, processor: Any, *, rank: int, hf_attr: str = "hf") -> Path:
+    """Collective: write `model.<hf_attr>` (and the processor) as a plain Hugging Face directory."""
+    weights = full_hf_weights(model, hf_attr)
+    path = Path(path)
+    if rank == 0:
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        getattr(model, hf_attr).save_pretrained(tmp, state_dict=weights)
+        if processor is not None:
+            processor.save_pretrained(tmp)
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    distributed.barrier()
+    return path
+
+
 def save_checkpoint(
     output_dir: str | Path,
     step: int,
@@ -102,7 +126,7 @@ def save_checkpoint(
     root = checkpoint_root(output_dir)
     final = root / f"step-{step:06d}"
     tmp = root / f"step-{step:06d}.tmp"
-    model_state = get_model_state_dict(model, options=_full_options())
+    weights = full_hf_weights(model, hf_attr)
     optim_state = get_optimizer_state_dict(model, optimizer, options=_full_options())
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
@@ -112,8 +136,6 @@ def save_checkpoint(
     distributed.barrier()
     torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
     if rank == 0:
-        prefix = f"{hf_attr}."
-        weights = {k[len(prefix):]: v.contiguous() for k, v in model_state.items() if k.startswith(prefix)}
         getattr(model, hf_attr).save_pretrained(tmp, state_dict=weights)
         if processor is not None:
             processor.save_pretrained(tmp)

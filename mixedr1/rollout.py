@@ -127,6 +127,17 @@ class Rollout:
         return self.completion_mask.sum(dim=1)
 
 
+def eos_token_ids(hf, tokenizer) -> list[int]:
+    """End-of-turn tokens: the generation config's, else the tokenizer's EOS (Qwen: <|im_end|>)."""
+    eos = getattr(getattr(hf, "generation_config", None), "eos_token_id", None)
+    ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids = [tokenizer.eos_token_id] + ids
+    if not ids:
+        raise ValueError("no EOS token: neither the generation config nor the tokenizer defines one")
+    return ids
+
+
 def decode_completions(rollout: Rollout, tokenizer) -> list[str]:
     """One string per row: the completion's tokens (EOS included, padding excluded), special tokens skipped."""
     lengths = rollout.completion_lengths.tolist()

@@ -78,7 +78,8 @@ from mixedr1.rollout import SamplingParams, decode_completions, generate_rollout
 
 # The trainer's own helpers, so the filter samples and scores exactly as training does (this import
 # needs the repository root on the path, as `python -m mixedr1.data.filter` run from it has).
-from train import eos_token_ids, make_reward_context, reward_target, with_embedding_table
+from mixedr1.rewards.context import make_reward_context, reward_target, with_embedding_table
+from mixedr1.rollout import eos_token_ids
 
 # `--set` may change these (the rest of the config does not reach the filter).
 SETTABLE = ("reward.", "model.dtype", "model.attn_implementation", "model.min_pixels", "model.max_pixels",
