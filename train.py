@@ -17,6 +17,7 @@ are computed locally; only counts, metrics and gradients are reduced.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- models: policy (from the latest checkpoint when resuming), frozen reference ---------------
     resume_from = latest_checkpoint(run_dir) if cfg.train.resume else None
     model_cfg = dataclasses.replace(cfg.model, path=str(resume_from)) if resume_from else cfg.model
+    if cfg.model.dtype == "auto" and dist.device.type == "cuda":  # fp32 master weights, bf16 compute
+        model_cfg = dataclasses.replace(model_cfg, dtype="float32")
     hf_policy, processor, policy_path = load_policy_and_processor(model_cfg, dist.device)
     processor.tokenizer.padding_side = "left"
     policy = PolicyModel(hf_policy.train())
@@ -107,10 +110,11 @@ def main(argv: list[str] | None = None) -> dict:
         sft = cfg.train.algorithm == "sft" or step < cfg.train.sft_warmup_steps
         step_records = records_for_step(records, step, cfg, dist)
         t0 = time.perf_counter()
-        if sft:
-            metrics = sft_step(policy, optimizer, processor, step_records, cfg, dist)
-        else:
-            metrics = grpo_step(policy, reference, optimizer, processor, step_records, cfg, dist, reward_ctx, step, log)
+        with bf16_autocast(cfg, dist):
+            if sft:
+                metrics = sft_step(policy, optimizer, processor, step_records, cfg, dist)
+            else:
+                metrics = grpo_step(policy, reference, optimizer, processor, step_records, cfg, dist, reward_ctx, step, log)
         metrics["time/step"] = time.perf_counter() - t0
         metrics["perf/tokens_per_s_per_device"] = metrics.pop("perf/tokens") / metrics["time/step"] / dist.world_size
 
@@ -430,7 +434,7 @@ def evaluate(policy, processor, records: list[Record], cfg: Config, reward_ctx, 
                                     pad_token_id=tokenizer.pad_token_id, greedy=True), group_size=1)
     mine = records[dist.rank :: dist.world_size]
     sums: dict = defaultdict(float)
-    with torch.no_grad(), distributed.gathered_for_generation(policy, cfg.distributed.reshard_after_forward):
+    with torch.no_grad(), bf16_autocast(cfg, dist), distributed.gathered_for_generation(policy, cfg.distributed.reshard_after_forward):
         ctx = with_embedding_table(reward_ctx, hf)
         for start in range(0, len(mine), cfg.rollout.prompts_per_batch):
             batch = collate(mine[start : start + cfg.rollout.prompts_per_batch], processor).to(dist.device)
@@ -510,6 +514,14 @@ def load_reference(cfg: Config, path, device):
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()
+
+
+def bf16_autocast(cfg: Config, dist):
+    """bf16 compute over the fp32 policy on a single GPU (`model.dtype: auto`); under FSDP2 its
+    mixed-precision policy does this instead, and on CPU everything stays fp32."""
+    if cfg.model.dtype == "auto" and dist.device.type == "cuda" and not torch.distributed.is_initialized():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def shard(cfg: Config, dist, policy, reference):

@@ -32,7 +32,7 @@ PROBLEM_TYPES = ("yorn", "mcq", "chart", "grounding", "open_ended")
 class ModelConfig:
     path: str = "tiny"  # local Hugging Face directory of the policy; "tiny" builds a random tiny Qwen2.5-VL
     ref_path: Optional[str] = None  # reference model directory; None = the policy's initial weights
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: on CUDA, bf16 compute with fp32 master weights for the policy (FSDP2 policy or autocast) and bf16 for the reference; fp32 on CPU
     attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = "auto"  # auto: FA2 if installed on CUDA, else sdpa
     gradient_checkpointing: bool = False  # recompute decoder activations in backward
     freeze_vision: bool = True  # keep the vision tower fixed (the usual VLM-R1 / EasyR1 setting)

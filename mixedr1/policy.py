@@ -166,6 +166,9 @@ class PolicyModel(nn.Module):
         targets = batch.input_ids[:, L - T :]  # [n, T]
         kwargs = {"chunk_size": self.chunk_size} if self.chunk_size else {}
         head = hf.get_output_embeddings()
+        # Under autocast (single-GPU bf16 compute over fp32 weights) the states come out in bf16: give
+        # the log-prob function one dtype, so its hand-written backward multiplies matching tensors.
+        hidden = hidden.to(head.weight.dtype)
         result = completion_logprobs(
             hidden, head.weight, targets, temperature=temperature, with_entropy=with_entropy,
             lm_head_bias=getattr(head, "bias", None), **kwargs,

@@ -94,3 +94,26 @@ def test_gradient_flows_to_language_model_not_frozen_vision(tiny):
     logprobs.sum().backward()
     assert model.model.language_model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.model.visual.parameters())
+
+
+def test_bf16_autocast_over_fp32_weights_trains(tiny):
+    """The single-GPU path (`model.dtype: auto`): fp32 weights, bf16 compute under autocast; run here
+    with CPU autocast. Log-probs stay close to fp32 and the hand-written backward gets one dtype."""
+    model, processor = tiny
+    enc = encode(processor, ["Describe."], [Image.new("RGB", (56, 56), "green")])
+    completion_ids = torch.randint(10, 400, (2, 5))
+    completion_mask = torch.ones(2, 5, dtype=torch.long)
+    prompt_index = torch.zeros(2, dtype=torch.long)
+    batch = build_sequences(model, enc["input_ids"], enc["attention_mask"], enc["image_grid_thw"],
+                            completion_ids, completion_mask, prompt_index)
+    with torch.no_grad():
+        feats = features_per_prompt(model, enc["pixel_values"], enc["image_grid_thw"], [1])
+        exact, _ = PolicyModel(model)(batch, row_image_embeds(feats, prompt_index))
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logprobs, _ = PolicyModel(model)(batch, row_image_embeds(feats, prompt_index))
+    logprobs.sum().backward()
+    assert logprobs.dtype == torch.float32
+    torch.testing.assert_close(logprobs, exact, atol=0.1, rtol=0.05)
+    grad = model.lm_head.weight.grad
+    assert grad is not None and grad.dtype == torch.float32 and torch.isfinite(grad).all()

@@ -138,3 +138,20 @@ def test_policy_learns_a_reachable_reward(tmp_path, monkeypatch):
     first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
     print(f"mean reward, first 4 steps {first:.3f}, last 4 steps {last:.3f}")
     assert last > first + 0.5, rewards
+
+
+def test_non_finite_losses_skip_steps_then_stop(tmp_path, monkeypatch):
+    """A NaN loss skips the optimizer step with a warning; train.max_nonfinite_steps in a row stop the run."""
+    real_loss = train.grpo_policy_loss
+
+    def nan_loss(*args, **kwargs):
+        loss, stats = real_loss(*args, **kwargs)
+        return loss * float("nan"), stats
+
+    monkeypatch.setattr(train, "grpo_policy_loss", nan_loss)
+    cfg_path = write_config(tmp_path, "nan", train={"steps": 5, "sft_warmup_steps": 0, "max_nonfinite_steps": 2})
+    with pytest.raises(RuntimeError, match="2 non-finite losses in a row"):
+        train.main([str(cfg_path)])
+    log = (tmp_path / "nan" / "train.log").read_text()
+    assert "non-finite loss" in log and "optimizer step skipped" in log
+    assert not (tmp_path / "nan" / "checkpoints").exists()  # nothing was saved from a NaN state
