@@ -23,16 +23,6 @@ from mixedr1.rollout import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The tiny model's ops are too small to gain from threads, and on a loaded 2-core machine two
-    OpenMP threads per op make each step wait for a core: one thread keeps this file fast."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     path = build_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
