@@ -196,7 +196,7 @@ def grpo_step(policy, reference, optimizer, processor, step_records, cfg: Config
     t0 = time.perf_counter()
     ref_logprobs = None
     if reference is not None:
-        with torch.no_grad():
+        with torch.no_grad(), reference_on(reference, device, cfg):
             ref_features = frozen_features if cfg.model.freeze_vision and cfg.model.ref_path is None else \
                 features_per_prompt(reference.hf, batch.pixel_values, batch.image_grid_thw, batch.images_per_prompt.tolist())
             ref_logprobs = torch.zeros_like(rollout.sampling_logprobs)  # [B*G, T]
@@ -505,15 +505,28 @@ def load_heldout(cfg: Config) -> list[Record]:
 
 
 def load_reference(cfg: Config, path, device):
+    """The frozen reference. With model.ref_cpu_offload it lives on the CPU: under FSDP2 through its
+    CPU-offload policy, in a world of one moved to the device only for the reference phase."""
     offload = cfg.model.ref_cpu_offload and not torch.distributed.is_initialized()
     model = load_model(path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
                        trust_remote_code=cfg.model.trust_remote_code, device="cpu" if offload else device)
-    if offload:
-        raise SystemExit("config error: model.ref_cpu_offload needs torchrun (FSDP2's CPU offload)")
     freeze_vision_tower(model)
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()
+
+
+@contextlib.contextmanager
+def reference_on(reference, device, cfg: Config):
+    """Bring a CPU-offloaded reference (world of one) to the device for the reference phase only."""
+    offloaded = cfg.model.ref_cpu_offload and not torch.distributed.is_initialized()
+    if offloaded:
+        reference.to(device)
+    try:
+        yield reference
+    finally:
+        if offloaded:
+            reference.to("cpu")
 
 
 def bf16_autocast(cfg: Config, dist):

@@ -39,7 +39,7 @@ class ModelConfig:
     trust_remote_code: bool = False  # only for model families transformers does not ship natively
     min_pixels: Optional[int] = None  # processor's lower bound on H*W after resize (None: processor default)
     max_pixels: Optional[int] = None  # processor's upper bound on H*W after resize (None: processor default)
-    ref_cpu_offload: bool = False  # keep the frozen reference model's parameters on CPU between uses
+    ref_cpu_offload: bool = False  # keep the frozen reference on CPU between uses (FSDP2 CPU offload, or moved per step in a world of one)
 
 
 @dataclass

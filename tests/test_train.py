@@ -77,6 +77,14 @@ def test_run_writes_a_complete_run_directory(tmp_path):
     assert moved > 0, "training did not change the weights"
 
 
+def test_reference_cpu_offload_gives_the_same_run(tmp_path):
+    plain = write_config(tmp_path, "plain")
+    offload = write_config(tmp_path, "offload", model={"ref_cpu_offload": True})
+    train.main([str(plain)])
+    train.main([str(offload)])
+    assert [r["loss/kl"] for r in metrics(tmp_path / "plain")[1:]] == [r["loss/kl"] for r in metrics(tmp_path / "offload")[1:]]
+
+
 def test_exact_resume(tmp_path):
     straight = write_config(tmp_path, "straight", train={"steps": 4}, checkpoint={"every": 2})
     train.main([str(straight)])
