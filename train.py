@@ -190,7 +190,7 @@ def grpo_step(policy, reference, optimizer, processor, step_records, cfg: Config
     frozen_features = None
     if cfg.model.freeze_vision:
         with torch.no_grad():
-            frozen_features = features_per_prompt(hf, batch.pixel_values, batch.image_grid_thw, batch.images_per_prompt.tolist())
+            frozen_features = features_per_prompt(hf, batch.pixel_values, batch.image_layout, batch.images_per_prompt.tolist())
 
     # ---- reference log-probs (no grad; none when β = 0) -------------------------------------------
     t0 = time.perf_counter()
@@ -198,7 +198,7 @@ def grpo_step(policy, reference, optimizer, processor, step_records, cfg: Config
     if reference is not None:
         with torch.no_grad(), reference_on(reference, device, cfg):
             ref_features = frozen_features if cfg.model.freeze_vision and cfg.model.ref_path is None else \
-                features_per_prompt(reference.hf, batch.pixel_values, batch.image_grid_thw, batch.images_per_prompt.tolist())
+                features_per_prompt(reference.hf, batch.pixel_values, batch.image_layout, batch.images_per_prompt.tolist())
             ref_logprobs = torch.zeros_like(rollout.sampling_logprobs)  # [B*G, T]
             for idx in micro_batches:
                 mb = seq.rows(idx)
@@ -318,7 +318,7 @@ def sft_step(policy, optimizer, processor, step_records, cfg: Config, dist) -> d
     frozen = None
     if cfg.model.freeze_vision:
         with torch.no_grad():
-            frozen = features_per_prompt(hf, batch.pixel_values, batch.image_grid_thw, batch.images_per_prompt.tolist())
+            frozen = features_per_prompt(hf, batch.pixel_values, batch.image_layout, batch.images_per_prompt.tolist())
     num_tokens = float(distributed.all_reduce_sum(torch.tensor(float(completion_mask.sum()), device=device)))
     stats = defaultdict(float)
     for idx in torch.arange(len(targets), device=device).split(cfg.train.micro_batch_size):
@@ -349,10 +349,14 @@ def rollout_in_chunks(hf, batch: PromptBatch, params, seed_of_call, prompts_per_
     parts = []
     for start in range(0, B, prompts_per_call):
         prompts = torch.arange(start, min(B, start + prompts_per_call), device=batch.input_ids.device)
-        pixels, grid = pixels_for_prompts(batch, prompts)
+        pixels, layout = pixels_for_prompts(batch, prompts)
         keep = batch.attention_mask[prompts].any(0)  # drop columns that are padding in every prompt of the call
         inputs = {"input_ids": batch.input_ids[prompts][:, keep], "attention_mask": batch.attention_mask[prompts][:, keep],
-                  "pixel_values": pixels, "image_grid_thw": grid}
+                  "pixel_values": pixels}
+        if batch.tiles_per_image is None:  # Qwen's grid; InternVL's tiles need no extra input
+            inputs["image_grid_thw"] = layout
+        elif not pixels.numel():  # InternVL: text-only prompts take no pixel_values at all
+            del inputs["pixel_values"]
         generator = torch.Generator(device=batch.input_ids.device).manual_seed(seed_of_call(start))
         parts.append(generate_rollout(hf, inputs, params, generator=generator))
     if len(parts) == 1:

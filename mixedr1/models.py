@@ -11,12 +11,21 @@ What lives here:
   processor here holds the PIL/numpy image processor and the tokenizer and nothing else. It calls
   the same code as the stock processor for text and images (same `input_ids`, `pixel_values`,
   `image_grid_thw`).
+- `InternVLImageOnlyProcessor`: the same idea for InternVL in transformers' native format
+  (`InternVLForConditionalGeneration`, model_type "internvl", e.g. InternVL2.5-4B-MPO-hf): the
+  PIL/numpy GOT-OCR2 image processor (448 px tiles, InternVL's dynamic tiling with a thumbnail), the
+  tokenizer and the chat template, expanding each `<IMG_CONTEXT>` placeholder into
+  `<img>` + `<IMG_CONTEXT>` * image_seq_length * tiles + `</img>` exactly as `InternVLProcessor` does.
 - `resized_image_size` / `scale_box_to_model_frame`: the processor's own resize rule, so that
   grounding boxes (SPEC §1: original pixels) can be mapped into the frame the model sees (SPEC §2,
-  §3: Qwen2.5-VL answers in absolute pixels of the resized image).
-- `build_tiny_model` (and `python -m mixedr1.models tiny --out DIR`): a random-initialised
-  Qwen2.5-VL with the real architecture at toy size, a byte-level BPE tokenizer trained on the fly,
-  Qwen's special tokens and chat template. Tests and the CPU demo run the real code paths on it.
+  §3: Qwen2.5-VL answers in absolute pixels of the resized image). InternVL sees an image as several
+  tiles, so it has no single resized frame; InternVL2.5 was trained to write boxes normalised to
+  [0, 1000] (its grounding convention, `<box>[[x1, y1, x2, y2]]</box>`), so its "model frame" is
+  1000 x 1000 whatever the image size.
+- `build_tiny_model` (and `python -m mixedr1.models tiny --out DIR [--family internvl]`): a
+  random-initialised Qwen2.5-VL (or native InternVL) with the real architecture at toy size, a
+  byte-level BPE tokenizer trained on the fly, the family's special tokens and chat template. Tests
+  and the CPU demo run the real code paths on it.
 """
 
 from __future__ import annotations
@@ -34,15 +43,19 @@ import torch
 from torch import nn
 
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
     AutoProcessor,
     AutoTokenizer,
     GenerationConfig,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLProcessor,
 )
+from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 from mixedr1.config import ModelConfig
@@ -96,6 +109,21 @@ def _is_qwen_vl_dir(path: Path) -> bool:
             return json.load(f).get("model_type", "") in QWEN_VL_MODEL_TYPES
     for name in ("processor_config.json", "preprocessor_config.json"):
         if (path / name).is_file() and any(n in (path / name).read_text() for n in QWEN_VL_PROCESSOR_NAMES):
+            return True
+    return False
+
+
+INTERNVL_MODEL_TYPES = ("internvl",)
+INTERNVL_PROCESSOR_NAMES = ("InternVLProcessor", "InternVLImageOnlyProcessor", "GotOcr2ImageProcessor")
+
+
+def _is_internvl_dir(path: Path) -> bool:
+    """A native-format InternVL model directory, or its processor saved alone (no config.json)."""
+    if (path / "config.json").is_file():
+        with open(path / "config.json") as f:
+            return json.load(f).get("model_type", "") in INTERNVL_MODEL_TYPES
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        if (path / name).is_file() and any(n in (path / name).read_text() for n in INTERNVL_PROCESSOR_NAMES):
             return True
     return False
 
@@ -230,6 +258,99 @@ def _read_chat_template(path: Path, tokenizer) -> Optional[str]:
     return getattr(tokenizer, "chat_template", None)
 
 
+def _pil_got_ocr2_image_processor_class():
+    """The PIL/numpy GOT-OCR2 image processor that InternVL uses (no torchvision).
+
+    transformers >= 5.1 names it `GotOcr2ImageProcessorPil` (the plain name became the torchvision one);
+    earlier releases called the PIL one `GotOcr2ImageProcessor`.
+    """
+    try:
+        module = importlib.import_module("transformers.models.got_ocr2.image_processing_pil_got_ocr2")
+        return module.GotOcr2ImageProcessorPil
+    except ImportError:
+        from transformers.models.got_ocr2.image_processing_got_ocr2 import GotOcr2ImageProcessor
+
+        return GotOcr2ImageProcessor
+
+
+class InternVLImageOnlyProcessor(ProcessorMixin):
+    """InternVL's processor with only `image_processor` and `tokenizer` (no video, no torchvision).
+
+    `InternVLProcessor` needs a video processor, and InternVL's video processor needs torchvision.
+    The text rule is `InternVLProcessor`'s (transformers 5.17 and 5.23): each `<IMG_CONTEXT>` that the
+    chat template writes for an image becomes `<img>` + `<IMG_CONTEXT>` * image_seq_length * tiles +
+    `</img>`, where tiles = the image processor's tile count for that image (1, or the dynamic grid
+    plus a thumbnail). Images are tiled with `crop_to_patches=True` by default, as `InternVLProcessor`
+    passes it (the released preprocessor configs say false and rely on that override).
+    Returns `input_ids`, `attention_mask` and `pixel_values [num_tiles, 3, H, W]` (tiles image by image).
+    """
+
+    attributes = ["image_processor", "tokenizer"]  # older transformers read the parts from here
+
+    def __init__(self, image_processor=None, tokenizer=None, image_seq_length: int = 256, chat_template=None, **kwargs):
+        self.image_seq_length = image_seq_length
+        # The native InternVL tokenizers name these as extra special tokens; fall back to the names.
+        self.start_image_token = getattr(tokenizer, "start_image_token", None) or "<img>"
+        self.end_image_token = getattr(tokenizer, "end_image_token", None) or "</img>"
+        self.image_token = getattr(tokenizer, "context_image_token", None) or "<IMG_CONTEXT>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.start_image_token_id = tokenizer.convert_tokens_to_ids(self.start_image_token)
+        self.end_image_token_id = tokenizer.convert_tokens_to_ids(self.end_image_token)
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+    def __call__(self, images=None, text=None, crop_to_patches: bool = True, return_tensors=None, **text_kwargs) -> BatchFeature:
+        """Tokenise `text` (a string or a list), with the images' placeholders expanded in order of
+        appearance over all texts. `text_kwargs` go to the tokenizer (padding, padding_side, ...)."""
+        if text is None:
+            raise ValueError("InternVLImageOnlyProcessor: text is required")
+        texts = [text] if isinstance(text, str) else list(text)
+        images = [] if images is None else ([images] if not isinstance(images, (list, tuple)) else list(images))
+        placeholders = sum(t.count(self.image_token) for t in texts)
+        if placeholders != len(images):
+            raise ValueError(f"InternVLImageOnlyProcessor: {placeholders} {self.image_token} placeholders in the text but {len(images)} images")
+        data = {}
+        tiles: list[int] = []
+        if images:
+            vision = self.image_processor(images, crop_to_patches=crop_to_patches, return_tensors="pt")
+            tiles = [int(n) for n in vision["num_patches"]]  # [num_images]
+            data["pixel_values"] = vision["pixel_values"]  # [sum(tiles), 3, H, W]
+        expanded, image_index = [], 0
+        for t in texts:
+            parts = t.split(self.image_token)
+            out = parts[0]
+            for part in parts[1:]:
+                context = self.image_token * (self.image_seq_length * tiles[image_index])
+                out += f"{self.start_image_token}{context}{self.end_image_token}{part}"
+                image_index += 1
+            expanded.append(out)
+        data.update(self.tokenizer(expanded, return_tensors=return_tensors, **text_kwargs))
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    @property
+    def model_input_names(self):
+        return list(self.tokenizer.model_input_names) + ["pixel_values"]
+
+    @classmethod
+    def from_pretrained(cls, path, **kwargs):
+        """Build from a native InternVL directory (ours or an official `-hf` one): the PIL image
+        processor, the tokenizer, the chat template, and `image_seq_length` from the processor
+        config (else the model config). Local files only."""
+        path = Path(path)
+        kwargs["local_files_only"] = True
+        image_processor = _pil_got_ocr2_image_processor_class().from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        image_seq_length = None
+        if (path / "processor_config.json").is_file():
+            with open(path / "processor_config.json") as f:
+                image_seq_length = json.load(f).get("image_seq_length")
+        if image_seq_length is None and (path / "config.json").is_file():
+            image_seq_length = getattr(AutoConfig.from_pretrained(path, local_files_only=True), "image_seq_length", None)
+        if image_seq_length is None:
+            raise ValueError(f"{path}: no image_seq_length in processor_config.json or config.json (InternVL needs it)")
+        return cls(image_processor, tokenizer, image_seq_length=int(image_seq_length),
+                   chat_template=_read_chat_template(path, tokenizer))
+
+
 def load_processor(
     path: str | Path,
     *,
@@ -241,13 +362,16 @@ def load_processor(
 
     Qwen2-VL / Qwen2.5-VL get `QwenVLImageOnlyProcessor` (PIL image processor, no torchvision), with
     `min_pixels` / `max_pixels` (bounds on H*W after resize) set on the image processor when given.
-    Other families go through `AutoProcessor` (their video processors may need torchvision).
+    Native InternVL gets `InternVLImageOnlyProcessor` (same reason). Other families go through
+    `AutoProcessor` (their video processors may need torchvision).
     """
     path = _local_dir(path, "processor", need_config=False)
     if _is_qwen_vl_dir(path):
         return QwenVLImageOnlyProcessor.from_pretrained(path, min_pixels=min_pixels, max_pixels=max_pixels)
     if min_pixels is not None or max_pixels is not None:
         raise ValueError(f"{path}: model.min_pixels / model.max_pixels only apply to Qwen2-VL / Qwen2.5-VL processors")
+    if _is_internvl_dir(path):
+        return InternVLImageOnlyProcessor.from_pretrained(path)
     try:
         return AutoProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
     except ImportError as e:
@@ -308,6 +432,10 @@ def _smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pix
     return h_bar, w_bar
 
 
+# InternVL2.5 reads and writes grounding boxes as integers in [0, 1000] of the image's width/height.
+INTERNVL_BOX_FRAME = 1000
+
+
 def pixel_bounds(image_processor) -> tuple[int, int]:
     """(min_pixels, max_pixels) of a Qwen image processor, across transformers versions."""
     size = getattr(image_processor, "size", None) or {}
@@ -325,8 +453,11 @@ def resized_image_size(processor, height: int, width: int) -> tuple[int, int]:
 
     Qwen: `smart_resize` with factor = patch_size * merge_size and the processor's min/max pixels
     (taken from the processor's own module, so it is the rule the processor actually runs).
+    InternVL: the 1000 x 1000 frame of its normalised box coordinates (see the module docstring).
     Processors that resize to a fixed size (`size = {height, width}`) return that size.
     """
+    if isinstance(processor, InternVLImageOnlyProcessor):
+        return INTERNVL_BOX_FRAME, INTERNVL_BOX_FRAME
     image_processor = getattr(processor, "image_processor", processor)
     patch_size = getattr(image_processor, "patch_size", None)
     merge_size = getattr(image_processor, "merge_size", None)
@@ -428,8 +559,10 @@ _TINY_CORPUS = [
 ]
 
 
-def _train_tiny_tokenizer(vocab_size: int = 800):
-    """Byte-level BPE trained on `_TINY_CORPUS` (any text round-trips), with Qwen's special tokens."""
+def _train_tiny_tokenizer(vocab_size: int = 800, extra_special_tokens: Sequence[str] = ()):
+    """Byte-level BPE trained on `_TINY_CORPUS` (any text round-trips), with Qwen's special tokens
+    (and `extra_special_tokens` after them: InternVL's image markers)."""
+    special_tokens = QWEN_SPECIAL_TOKENS + list(extra_special_tokens)
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -441,7 +574,7 @@ def _train_tiny_tokenizer(vocab_size: int = 800):
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=QWEN_SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -453,14 +586,19 @@ def _train_tiny_tokenizer(vocab_size: int = 800):
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        additional_special_tokens=QWEN_SPECIAL_TOKENS[1:],
+        additional_special_tokens=special_tokens[1:],
         model_max_length=32768,
     )
 
 
-def build_tiny_model(out_dir: str | Path, seed: int = 0, max_pixels: int = 28 * 28 * 16) -> Path:
+def build_tiny_model(out_dir: str | Path, seed: int = 0, max_pixels: int = 28 * 28 * 16, family: str = "qwen2_5_vl") -> Path:
     """Write a random tiny Qwen2.5-VL (weights, tokenizer, chat template, generation config, image-only
-    processor) to `out_dir`; a few MB. `max_pixels` caps the resized image at 16 merged tokens."""
+    processor) to `out_dir`; a few MB. `max_pixels` caps the resized image at 16 merged tokens.
+    `family="internvl"` writes a tiny native InternVL instead (`build_tiny_internvl`)."""
+    if family == "internvl":
+        return build_tiny_internvl(out_dir, seed=seed)
+    if family != "qwen2_5_vl":
+        raise ValueError(f"build_tiny_model: family must be 'qwen2_5_vl' or 'internvl', got {family!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = _train_tiny_tokenizer()
@@ -514,16 +652,94 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, max_pixels: int = 28 * 
     return out_dir
 
 
+INTERNVL_SPECIAL_TOKENS = ["<img>", "</img>", "<IMG_CONTEXT>"]
+
+# InternVL2.5's chat format (ChatML, as its Qwen2.5 / InternLM2.5 language models) with one
+# `<IMG_CONTEXT>` placeholder per image, as the native `-hf` templates write it. The released template
+# has a long Chinese default system prompt; the tiny one uses a short English one.
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<IMG_CONTEXT>\n"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_internvl(out_dir: str | Path, seed: int = 0, tile_size: int = 56, max_tiles: int = 4) -> Path:
+    """Write a random tiny InternVL in transformers' native format (InternVLForConditionalGeneration
+    with a Qwen2 language model, tokenizer with `<img>` / `</img>` / `<IMG_CONTEXT>`, chat template,
+    generation config, image-only processor) to `out_dir`.
+
+    Tiles are `tile_size` px (InternVL: 448) cut into 14 px patches; the pixel shuffle (downsample 0.5)
+    leaves (tile_size / 28)**2 image tokens per tile: 4 for 56 px. Dynamic tiling is on, up to
+    `max_tiles` tiles plus a thumbnail, so multi-tile images are exercised too.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = _train_tiny_tokenizer(extra_special_tokens=INTERNVL_SPECIAL_TOKENS)
+    token_id = tokenizer.convert_tokens_to_ids
+    patch_size, downsample_ratio = 14, 0.5
+    image_seq_length = int((tile_size // patch_size) ** 2 * downsample_ratio**2)
+    config = InternVLConfig(
+        vision_config=dict(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            image_size=[tile_size, tile_size], patch_size=[patch_size, patch_size],
+        ),
+        text_config=dict(
+            model_type="qwen2",
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            bos_token_id=token_id("<|endoftext|>"),
+            eos_token_id=token_id("<|im_end|>"),
+            pad_token_id=token_id("<|endoftext|>"),
+            tie_word_embeddings=False,
+        ),
+        image_token_id=token_id("<IMG_CONTEXT>"),
+        image_seq_length=image_seq_length,
+        downsample_ratio=downsample_ratio,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = InternVLForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=token_id("<|endoftext|>"),
+        eos_token_id=[token_id("<|im_end|>"), token_id("<|endoftext|>")],
+        pad_token_id=token_id("<|endoftext|>"),
+    )
+    model.save_pretrained(out_dir)
+
+    image_processor = _pil_got_ocr2_image_processor_class()(
+        size={"height": tile_size, "width": tile_size}, crop_to_patches=True, min_patches=1, max_patches=max_tiles,
+    )
+    processor = InternVLImageOnlyProcessor(image_processor, tokenizer, image_seq_length=image_seq_length,
+                                           chat_template=INTERNVL_CHAT_TEMPLATE)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
 def _main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mixedr1.models", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    tiny = sub.add_parser("tiny", help="write a random tiny Qwen2.5-VL to --out")
+    tiny = sub.add_parser("tiny", help="write a random tiny Qwen2.5-VL (or --family internvl) to --out")
     tiny.add_argument("--out", required=True)
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--family", choices=("qwen2_5_vl", "internvl"), default="qwen2_5_vl")
     args = parser.parse_args(argv)
-    path = build_tiny_model(args.out, seed=args.seed)
+    path = build_tiny_model(args.out, seed=args.seed, family=args.family)
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
-    print(f"wrote a tiny Qwen2.5-VL to {path} ({size / 1e6:.1f} MB)")
+    name = "InternVL" if args.family == "internvl" else "Qwen2.5-VL"
+    print(f"wrote a tiny {name} to {path} ({size / 1e6:.1f} MB)")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,12 @@ images and the rows of a group reuse them (indexing, no copy of pixel data). Wit
 frozen (the default), features are computed once per step under no_grad and shared by the policy's
 micro-batches, every update epoch and the reference model.
 
-Positions: the Qwen2-VL family uses 3-D mRoPE (`mixedr1.positions`); other families (InternVL)
-use plain 1-D positions.
+Positions: the Qwen2-VL family uses 3-D mRoPE (`mixedr1.positions`); other families (native
+InternVL) use plain 1-D positions, counted over real tokens so left padding does not shift them.
+
+Image layout: Qwen's `image_grid_thw [I, 3]` (patch rows of image i = t*h*w, its tokens = that /
+merge**2), or InternVL's `tiles_per_image [I]` (its tokens = tiles * image_seq_length). The functions
+below take whichever the family uses (`PromptBatch.image_layout`).
 """
 
 from __future__ import annotations
@@ -41,8 +45,8 @@ def image_token_id(hf_model: nn.Module) -> int:
 
 def image_features(
     hf_model: nn.Module,
-    pixel_values: torch.Tensor,  # [S, C] Qwen patches of all images (or [I, 3, H, W] for InternVL)
-    image_grid_thw: torch.Tensor | None,  # [I, 3]
+    pixel_values: torch.Tensor,  # [S, C] Qwen patches of all images (or [num_tiles, 3, H, W] for InternVL)
+    image_grid_thw: torch.Tensor | None,  # [I, 3] (InternVL: unused)
 ) -> torch.Tensor:  # [K, D] the image tokens' embeddings, images in order
     """Run the vision tower (with its merger/projector) on a batch of images."""
     if uses_mrope(hf_model):
@@ -50,9 +54,16 @@ def image_features(
         out = tower(pixel_values.to(next(tower.parameters()).dtype), grid_thw=image_grid_thw)
         # transformers 5 returns an output object whose pooler_output is the merged tokens; 4.x a tensor.
         return out.pooler_output if hasattr(out, "pooler_output") else out
-    feats = hf_model.model.get_image_features(pixel_values=pixel_values)
+    # Native InternVL: vision tower, pixel shuffle and projector; [num_tiles, image_seq_length, D].
+    # The layer and strategy are passed as the model's forward passes them (5.17 needs them explicit).
+    config = hf_model.config
+    feats = hf_model.model.get_image_features(
+        pixel_values=pixel_values,
+        vision_feature_layer=config.vision_feature_layer,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+    )
     feats = feats.pooler_output if hasattr(feats, "pooler_output") else feats
-    return feats.reshape(-1, feats.shape[-1])
+    return feats.reshape(-1, feats.shape[-1])  # [num_tiles * image_seq_length, D], tiles in order
 
 
 def split_per_image(features: torch.Tensor, tokens_per_image: list[int]) -> list[torch.Tensor]:
@@ -60,6 +71,10 @@ def split_per_image(features: torch.Tensor, tokens_per_image: list[int]) -> list
 
 
 def tokens_per_image(hf_model: nn.Module, image_grid_thw: torch.Tensor) -> list[int]:
+    """Image tokens of each image: t*h*w / merge**2 (Qwen), tiles * image_seq_length (InternVL, whose
+    `image_grid_thw` argument is then `tiles_per_image [I]`)."""
+    if not uses_mrope(hf_model):
+        return (image_grid_thw * hf_model.config.image_seq_length).tolist()
     merge = hf_model.config.vision_config.spatial_merge_size
     return (image_grid_thw.prod(-1) // merge**2).tolist()
 
@@ -118,7 +133,7 @@ def row_image_embeds(
 def features_per_prompt(
     hf_model: nn.Module,
     pixel_values: torch.Tensor | None,
-    image_grid_thw: torch.Tensor | None,  # [I, 3]
+    image_grid_thw: torch.Tensor | None,  # [I, 3], or InternVL's tiles_per_image [I]
     images_per_prompt: list[int],  # [B]
 ) -> list[torch.Tensor]:
     """Encode every image once and group the features by prompt: B entries of `[k_b, D]`."""

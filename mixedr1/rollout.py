@@ -17,6 +17,11 @@
    `max(prompt positions) + 1 + t` (= HF's `cache_len + rope_delta` for left-padded rows). Passing
    them explicitly means the model never reads or writes its stateful `model.model.rope_deltas`
    and never needs `mm_token_type_ids`, so the path is the same in 5.17 and 5.23.
+   Native InternVL (model_type "internvl") uses 1-D positions: the prompt's real tokens get
+   0, 1, ... (left padding skipped, as `generate` does) and decode step t gets
+   `position_ids [A, 1] = number of real prompt tokens + t`. Its images come as
+   `pixel_values [num_tiles, 3, H, W]` with `image_seq_length` `<IMG_CONTEXT>` tokens per tile,
+   and the model merges them in the prefill.
 3. **Decode** one token per step for every row still running. Finished rows are **dropped from the
    work**: the cache (`Cache.batch_select_indices`), attention mask and positions keep only active
    rows, so a finished row costs nothing afterwards. The cache is compacted on every step where a
@@ -65,6 +70,7 @@ from mixedr1.distributed import gathered_for_generation
 from mixedr1.positions import mrope_position_ids
 
 MROPE_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl")
+POSITIONS_1D_MODEL_TYPES = ("internvl",)
 
 
 @dataclass
@@ -178,7 +184,9 @@ def repeat_prompts(batch: Mapping[str, Any], group_size: int, model_config) -> d
 
     `pixel_values [sum_patches, C]` and `image_grid_thw [num_images, 3]` are flat over the batch, so
     they are regrouped per prompt before repeating. This is what a teacher-forced forward over the
-    `B*G` completions needs, and the no-sharing prefill of `share_prefix=False`.
+    `B*G` completions needs, and the no-sharing prefill of `share_prefix=False`. InternVL's
+    `pixel_values [num_tiles, 3, H, W]` are regrouped by each prompt's tile count (its image tokens /
+    `image_seq_length`).
     """
     input_ids = batch["input_ids"]  # [B, P]
     out = {
@@ -187,6 +195,13 @@ def repeat_prompts(batch: Mapping[str, Any], group_size: int, model_config) -> d
     }
     pixel_values, image_grid_thw = batch.get("pixel_values"), batch.get("image_grid_thw")
     if pixel_values is None:
+        return out
+    if getattr(model_config, "model_type", None) in POSITIONS_1D_MODEL_TYPES:
+        tiles = (input_ids == model_config.image_token_id).sum(dim=1) // model_config.image_seq_length  # [B]
+        tile_start = torch.cumsum(tiles, 0) - tiles  # [B]
+        tile_rows = [torch.arange(int(tile_start[b]), int(tile_start[b] + tiles[b])) for b in range(len(tiles))
+                     for _ in range(group_size)]
+        out["pixel_values"] = pixel_values[torch.cat(tile_rows).to(pixel_values.device)]  # [G*num_tiles, 3, H, W]
         return out
     merge = model_config.vision_config.spatial_merge_size
     owners = _images_per_prompt(input_ids, image_grid_thw, model_config.image_token_id, merge)
@@ -286,14 +301,16 @@ def generate_rollout(
 
     `batch`: `input_ids [B, P]` LEFT-padded, `attention_mask [B, P]`, and for prompts with images
     `pixel_values [sum_patches, C]` and `image_grid_thw [num_images, 3]` (the Qwen processor's
-    output; other keys are ignored). `model`: a Qwen2-VL / Qwen2.5-VL `ForConditionalGeneration`,
+    output), or InternVL's `pixel_values [num_tiles, 3, H, W]`; other keys are ignored. `model`: a
+    Qwen2-VL / Qwen2.5-VL `ForConditionalGeneration` or a native `InternVLForConditionalGeneration`,
     plain or FSDP2-sharded. `generator`: a `torch.Generator` (any device; default: one on the
     model's device seeded with `params.seed`); the same generator state gives the same rollout.
     """
     config = model.config
-    if getattr(config, "model_type", None) not in MROPE_MODEL_TYPES:
+    if getattr(config, "model_type", None) not in MROPE_MODEL_TYPES + POSITIONS_1D_MODEL_TYPES:
         raise NotImplementedError(
-            f"generate_rollout supports Qwen2-VL / Qwen2.5-VL (M-RoPE positions), not model_type={config.model_type!r}"
+            f"generate_rollout supports Qwen2-VL / Qwen2.5-VL (M-RoPE positions) and native InternVL (1-D), "
+            f"not model_type={config.model_type!r}"
         )
     if batch.get("pixel_values_videos") is not None:
         raise NotImplementedError("generate_rollout: video inputs are not supported (Mixed-R1 trains on images)")
@@ -331,12 +348,13 @@ def _sample(
     device: torch.device,
 ) -> Rollout:
     config = model.config
+    mrope = config.model_type in MROPE_MODEL_TYPES
     group = params.group_size
     input_ids = batch["input_ids"].to(device)  # [B, P]
     attention_mask = batch.get("attention_mask")
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)  # [B, P]
     prompts = {"input_ids": input_ids, "attention_mask": attention_mask}
-    for key in ("pixel_values", "image_grid_thw"):
+    for key in ("pixel_values", "image_grid_thw") if mrope else ("pixel_values",):
         if batch.get(key) is not None:
             prompts[key] = batch[key].to(device)
     num_prompts = input_ids.shape[0]
@@ -345,19 +363,25 @@ def _sample(
         prompts = repeat_prompts(prompts, group, config)  # every tensor now has B*G rows / their images
 
     # Prefill: vision tower + prompt tokens, once per prompt (or once per row without sharing).
-    position_ids, next_position = mrope_position_ids(
-        prompts["input_ids"],
-        prompts["attention_mask"],
-        prompts.get("image_grid_thw"),
-        image_token_id=config.image_token_id,
-        spatial_merge_size=config.vision_config.spatial_merge_size,
-    )  # [3, B, P], [B]
+    if mrope:
+        position_ids, next_position = mrope_position_ids(
+            prompts["input_ids"],
+            prompts["attention_mask"],
+            prompts.get("image_grid_thw"),
+            image_token_id=config.image_token_id,
+            spatial_merge_size=config.vision_config.spatial_merge_size,
+        )  # [3, B, P], [B]
+        vision_inputs = dict(pixel_values=prompts.get("pixel_values"), image_grid_thw=prompts.get("image_grid_thw"))
+    else:
+        position_ids = (prompts["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)  # [B, P] real tokens 0, 1, ...
+        next_position = prompts["attention_mask"].long().sum(-1)  # [B]
+        pixel_values = prompts.get("pixel_values")
+        vision_inputs = dict(pixel_values=pixel_values if pixel_values is not None and pixel_values.numel() else None)
     out = model(
         input_ids=prompts["input_ids"],
         attention_mask=prompts["attention_mask"],
         position_ids=position_ids,
-        pixel_values=prompts.get("pixel_values"),
-        image_grid_thw=prompts.get("image_grid_thw"),
+        **vision_inputs,
         use_cache=True,
         logits_to_keep=1,
     )
@@ -401,7 +425,10 @@ def _sample(
             cache.batch_select_indices(keep)
             mask, next_position = mask[keep], next_position[keep]
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # [A, P + step + 1]
-        positions = next_position.view(1, -1, 1).expand(3, -1, 1)  # [3, A, 1]: text token, all components equal
+        if mrope:
+            positions = next_position.view(1, -1, 1).expand(3, -1, 1)  # [3, A, 1]: text token, all components equal
+        else:
+            positions = next_position.view(-1, 1)  # [A, 1]
         out = model(
             input_ids=tokens.unsqueeze(1),  # [A, 1]
             attention_mask=mask,

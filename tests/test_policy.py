@@ -117,3 +117,52 @@ def test_bf16_autocast_over_fp32_weights_trains(tiny):
     torch.testing.assert_close(logprobs, exact, atol=0.1, rtol=0.05)
     grad = model.lm_head.weight.grad
     assert grad is not None and grad.dtype == torch.float32 and torch.isfinite(grad).all()
+
+
+def test_internvl_policy_logprobs_match_transformers_forward(tmp_path):
+    """Native InternVL (1-D positions, tiles): PolicyModel on collated prompts equals a plain forward
+    of each prompt+completion row with its own tiles; micro-batch features via pixels_for_prompts."""
+    from mixedr1.data.batch import collate, pixels_for_prompts
+    from mixedr1.data.dataset import Record
+
+    path = build_tiny_model(tmp_path / "internvl", seed=0, family="internvl")
+    model = load_model(path, dtype="float32", attn_implementation="sdpa")
+    processor = load_processor(path)
+    sizes = [(112, 56), (56, 56), None]  # 2 tiles + thumbnail, 1 tile, text only
+    records = []
+    for i, size in enumerate(sizes):
+        images = []
+        if size is not None:
+            images = [str(tmp_path / f"image{i}.png")]
+            Image.new("RGB", (size[1], size[0]), "red").save(images[0])
+        records.append(Record(id=f"r{i}", images=images, question="What colour is it?", answer="red", problem_type="open_ended"))
+    batch = collate(records, processor)
+    assert batch.tiles_per_image.tolist() == [3, 1] and batch.pixel_values.shape == (4, 3, 56, 56)
+    assert batch.images_per_prompt.tolist() == [1, 1, 0] and batch.model_image_sizes[0] == [(1000, 1000)]
+    pixels, tiles = pixels_for_prompts(batch, [1, 0, 1])
+    assert tiles.tolist() == [1, 3, 1] and torch.equal(pixels, batch.pixel_values[[3, 0, 1, 2, 3]])
+
+    G, T, B = 2, 5, 3
+    prompt_index = torch.arange(B).repeat_interleave(G)  # [N]
+    torch.manual_seed(1)
+    lengths = torch.tensor([5, 1, 3, 5, 2, 4])
+    completion_mask = (torch.arange(T)[None] < lengths[:, None]).long()
+    completion_ids = torch.randint(10, 400, (B * G, T)).masked_fill(completion_mask == 0, processor.tokenizer.pad_token_id)
+    seq = build_sequences(model, batch.input_ids, batch.attention_mask, batch.image_grid_thw,
+                          completion_ids, completion_mask, prompt_index)
+    assert seq.position_ids.shape == seq.input_ids.shape  # 1-D positions
+    with torch.no_grad():
+        feats = features_per_prompt(model, batch.pixel_values, batch.image_layout, batch.images_per_prompt.tolist())
+        assert [f.shape[0] for f in feats] == [12, 4, 0]
+        ours, _ = PolicyModel(model, chunk_size=4)(seq, row_image_embeds(feats, prompt_index))
+        theirs = torch.zeros(B * G, T)
+        tile_rows = {0: [0, 1, 2], 1: [3], 2: []}
+        for r in range(B * G):
+            b, n = int(prompt_index[r]), int(lengths[r])
+            prompt = batch.input_ids[b][batch.attention_mask[b].bool()]
+            ids = torch.cat([prompt, completion_ids[r, :n]])[None]
+            pixel_values = batch.pixel_values[tile_rows[b]] if tile_rows[b] else None
+            logits = model(input_ids=ids, pixel_values=pixel_values).logits[0, len(prompt) - 1 : -1]  # [n, V]
+            theirs[r, :n] = torch.log_softmax(logits.float(), -1).gather(-1, completion_ids[r, :n, None])[:, 0]
+    mask = completion_mask.bool()
+    torch.testing.assert_close(ours[mask], theirs[mask], atol=1e-5, rtol=1e-5)

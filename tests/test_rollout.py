@@ -343,3 +343,84 @@ def test_fsdp2_sharded_model_samples_the_same_and_never_reshards_inside_the_loop
         assert torch.equal(second.completion_ids, plain.completion_ids)
     finally:
         dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------------------
+# Native InternVL: 1-D positions, tiles as pixel_values [num_tiles, 3, H, W]
+
+
+@pytest.fixture(scope="module")
+def tiny_internvl(tmp_path_factory):
+    path = build_tiny_model(tmp_path_factory.mktemp("tiny_internvl"), seed=0, family="internvl")
+    model = load_model(path, dtype=torch.float32, attn_implementation="sdpa")
+    processor = load_processor(path)
+    processor.tokenizer.padding_side = "left"
+    return model, processor
+
+
+INTERNVL_MIXED = [
+    ("Is there a red circle?", [(56, 56)]),  # 1 tile: 4 image tokens
+    ("How many squares are there? Answer with a number or short text.", [(112, 56), (56, 56)]),  # 2 + thumbnail, 1
+    ("Describe the image in one sentence.", []),  # text only
+]
+
+
+def internvl_teacher_forced_logprobs(model, batch, rollout: Rollout, group_size: int, temperature: float) -> torch.Tensor:
+    """One plain transformers forward per prompt+completion row (positions as `generate` makes them:
+    cumsum of the mask), no cache, log_softmax(logits / T) at the completion tokens."""
+    rows = repeat_prompts(batch, group_size, model.config)
+    prompt_len = rows["input_ids"].shape[1]
+    input_ids = torch.cat([rows["input_ids"], rollout.completion_ids], dim=1)  # [B*G, P+T]
+    attention_mask = torch.cat([rows["attention_mask"], rollout.completion_mask], dim=1)  # [B*G, P+T]
+    position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                       pixel_values=rows.get("pixel_values")).logits  # [B*G, P+T, V]
+    logprobs = torch.log_softmax(logits[:, prompt_len - 1 : -1].float() / temperature, dim=-1)
+    return logprobs.gather(2, rollout.completion_ids.unsqueeze(2)).squeeze(2) * rollout.completion_mask
+
+
+def test_internvl_prompt_tiles_and_repeat(tiny_internvl):
+    model, processor = tiny_internvl
+    batch = make_batch(processor, INTERNVL_MIXED)
+    assert batch["pixel_values"].shape == (5, 3, 56, 56)  # 1 + (2 + thumbnail) + 1 tiles
+    assert (batch["input_ids"] == model.config.image_token_id).sum(1).tolist() == [4, 16, 0]
+    rows = repeat_prompts(batch, 2, model.config)
+    expected = batch["pixel_values"][[0, 0, 1, 2, 3, 4, 1, 2, 3, 4]]
+    assert torch.equal(rows["pixel_values"], expected)
+
+
+def test_internvl_sampling_logprobs_equal_teacher_forced_forward(tiny_internvl):
+    model, processor = tiny_internvl
+    batch = make_batch(processor, INTERNVL_MIXED)
+    params = SamplingParams(group_size=3, max_new_tokens=10, temperature=0.7, pad_token_id=0, seed=1)
+    free = generate_rollout(model, batch, params)
+    params.eos_token_ids = (free.completion_ids[1, 3].item(), free.completion_ids[5, 6].item())
+    rollout = generate_rollout(model, batch, params)
+    assert rollout.prompt_index.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert "eos" in rollout.finish_reason and "length" in rollout.finish_reason
+    reference = internvl_teacher_forced_logprobs(model, batch, rollout, 3, 0.7)
+    torch.testing.assert_close(rollout.sampling_logprobs, reference, atol=1e-5, rtol=0)
+    assert (rollout.sampling_logprobs[rollout.completion_mask == 1] < 0).all()
+    assert not (rollout.completion_ids == model.config.image_token_id).any()
+    # The no-sharing prefill (B*G rows, tiles repeated) draws the same completions.
+    unshared = generate_rollout(model, batch, params, share_prefix=False)
+    assert torch.equal(unshared.completion_ids, rollout.completion_ids)
+    torch.testing.assert_close(unshared.sampling_logprobs, rollout.sampling_logprobs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("prompts", [INTERNVL_MIXED[:1], INTERNVL_MIXED[:2], INTERNVL_MIXED[2:]],
+                         ids=["one_prompt", "left_padded_pair", "text_only"])
+def test_internvl_greedy_equals_generate(tiny_internvl, prompts):
+    model, processor = tiny_internvl
+    batch = make_batch(processor, prompts)
+    pad = processor.tokenizer.pad_token_id
+    eos = [processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    params = SamplingParams(group_size=1, max_new_tokens=16, greedy=True, eos_token_ids=eos, pad_token_id=pad)
+    rollout = generate_rollout(model, batch, params)
+    with torch.no_grad():
+        sequences = model.generate(**batch, do_sample=False, max_new_tokens=16, eos_token_id=eos, pad_token_id=pad,
+                                   suppress_tokens=banned_token_ids(model.config))
+    expected = sequences[:, batch["input_ids"].shape[1] :]
+    assert torch.equal(rollout.completion_ids, expected[:, : rollout.completion_ids.shape[1]])
+    assert rollout.completion_ids.shape[1] == 16

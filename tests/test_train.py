@@ -163,3 +163,27 @@ def test_non_finite_losses_skip_steps_then_stop(tmp_path, monkeypatch):
     log = (tmp_path / "nan" / "train.log").read_text()
     assert "non-finite loss" in log and "optimizer step skipped" in log
     assert not (tmp_path / "nan" / "checkpoints").exists()  # nothing was saved from a NaN state
+
+
+def test_grpo_runs_on_a_tiny_native_internvl(tmp_path):
+    """train.py with `model.path` = a tiny native InternVL (1-D positions, tiles): the SFT warm-up step
+    (boxes in InternVL's 0-1000 frame) then 2 GRPO steps with finite losses, weights moved, and a
+    checkpoint our loader reads back as InternVL."""
+    from mixedr1.models import InternVLImageOnlyProcessor, build_tiny_model, load_processor
+
+    model_dir = build_tiny_model(tmp_path / "internvl", seed=0, family="internvl")
+    cfg_path = write_config(tmp_path, "internvl", model={"path": str(model_dir)}, checkpoint={"every": 3})
+    train.main([str(cfg_path)])
+    run = tmp_path / "internvl"
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[0]["loss/sft_nll"] > 0
+    for row in rows[1:]:
+        assert all(torch.isfinite(torch.tensor(row[k])) for k in ("loss/total", "loss/kl", "optim/grad_norm", "reward/total"))
+        assert row["completion/length_mean"] > 0
+        assert abs(row["loss/ratio"] - 1) < 1e-4  # the sampler's log-probs are the update forward's
+    initial = load_file(model_dir / "model.safetensors")
+    trained = final_weights(run)
+    moved = max((trained[k] - initial[k]).abs().max().item() for k in initial if k in trained)
+    assert moved > 0, "training did not change the weights"
+    assert isinstance(load_processor(sorted((run / "checkpoints").glob("step-*"))[-1]), InternVLImageOnlyProcessor)

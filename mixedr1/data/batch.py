@@ -8,6 +8,12 @@ for it, filled in order. So each prompt's pixels are kept ONCE here (B prompts, 
 `pixels_for_prompts` / `repeat_pixels_for_group` copy rows only for a forward that really runs one
 sequence per sample (log-probs of B*G completions each behind its prompt's image tokens).
 
+Native InternVL instead takes `pixel_values [num_tiles, 3, H, W]`: each image is cut into 1 or more
+tiles (dynamic tiling plus a thumbnail), tiles image after image, and the language model has
+`image_seq_length` `<IMG_CONTEXT>` tokens per tile. There is no `image_grid_thw`; `tiles_per_image`
+says how many `pixel_values` rows each image has. `image_layout` is whichever of the two the family
+uses, and the row bookkeeping below works on either (rows of an image = t*h*w, or its tile count).
+
 transformers 5 needs `mm_token_type_ids` (1 at image tokens) to build Qwen's 3-D M-RoPE positions;
 without it the model silently falls back to 1-D positions. `model_inputs()` passes it when the
 processor made it, and `mm_token_type_ids_from_ids` rebuilds it for prompt+completion sequences.
@@ -40,9 +46,23 @@ class PromptBatch:
     prompt_texts: list[str]  # [B] the rendered chat prompts
     image_sizes: list[list[tuple[int, int]]]  # [B][images] original (height, width): grounding GT's frame
     model_image_sizes: list[list[tuple[int, int]]]  # [B][images] (height, width) after the processor's resize
+    # InternVL only (None for Qwen): pixel_values rows (tiles) of each image; then pixel_values is
+    # [num_tiles, 3, H, W] and image_grid_thw is empty.
+    tiles_per_image: Optional[torch.Tensor] = None  # [num_images]
+
+    @property
+    def image_layout(self) -> torch.Tensor:
+        """What says which pixel rows belong to which image: `image_grid_thw` [num_images, 3] (Qwen)
+        or `tiles_per_image` [num_images] (InternVL). `features_per_prompt` and `pixels_for_prompts` take it."""
+        return self.image_grid_thw if self.tiles_per_image is None else self.tiles_per_image
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         """Keyword arguments for `model(...)` / `model.generate(...)` on the B prompts."""
+        if self.tiles_per_image is not None:  # InternVL: no grid; no pixel_values at all without images
+            inputs = dict(input_ids=self.input_ids, attention_mask=self.attention_mask)
+            if self.pixel_values.numel():
+                inputs["pixel_values"] = self.pixel_values
+            return inputs
         inputs = dict(
             input_ids=self.input_ids,
             attention_mask=self.attention_mask,
@@ -64,6 +84,7 @@ class PromptBatch:
             image_grid_thw=move(self.image_grid_thw),
             images_per_prompt=move(self.images_per_prompt),
             mm_token_type_ids=move(self.mm_token_type_ids),
+            tiles_per_image=move(self.tiles_per_image),
         )
 
 
@@ -93,6 +114,13 @@ def collate(records: Sequence[Record], processor, max_prompt_tokens: Optional[in
                     f"{max_prompt_tokens}; raise it or lower model.max_pixels to give images fewer tokens"
                 )
     sizes = [[(image.height, image.width) for image in per_prompt] for per_prompt in images_by_prompt]
+    tiles_per_image = None
+    image_seq_length = getattr(processor, "image_seq_length", None)  # InternVL: tokens per tile
+    if image_seq_length is not None:
+        runs = image_token_runs(inputs["input_ids"], processor.image_token_id)  # [num_images] tokens of each image
+        tiles_per_image = torch.tensor([run // image_seq_length for run in runs], dtype=torch.long)
+        if len(runs) != len(images) or any(run % image_seq_length for run in runs):
+            raise RuntimeError(f"collate: {len(images)} images but image-token runs {runs} (image_seq_length={image_seq_length})")
     empty_pixels = torch.zeros(0, 0)
     return PromptBatch(
         input_ids=inputs["input_ids"],
@@ -105,7 +133,23 @@ def collate(records: Sequence[Record], processor, max_prompt_tokens: Optional[in
         prompt_texts=texts,
         image_sizes=sizes,
         model_image_sizes=[[resized_image_size(processor, h, w) for h, w in per_prompt] for per_prompt in sizes],
+        tiles_per_image=tiles_per_image,
     )
+
+
+def image_token_runs(input_ids: torch.Tensor, image_token_id: int) -> list[int]:
+    """Lengths of the runs of image tokens in `input_ids` [B, P], row after row: one run per image
+    (InternVL closes every image with `</img>`, so two images never form one run)."""
+    lengths = []
+    for row in (input_ids == image_token_id).tolist():
+        run = 0
+        for is_image in row + [False]:
+            if is_image:
+                run += 1
+            elif run:
+                lengths.append(run)
+                run = 0
+    return lengths
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,8 +157,9 @@ def collate(records: Sequence[Record], processor, max_prompt_tokens: Optional[in
 
 
 def patches_per_prompt(image_grid_thw: torch.Tensor, images_per_prompt: torch.Tensor | Sequence[int]) -> torch.Tensor:
-    """[B] number of `pixel_values` rows of each prompt: the sum of t*h*w over its images."""
-    rows_per_image = image_grid_thw.prod(-1)  # [num_images]
+    """[B] number of `pixel_values` rows of each prompt: the sum of t*h*w over its images.
+    `image_grid_thw` may also be InternVL's `tiles_per_image` [num_images] (see `PromptBatch.image_layout`)."""
+    rows_per_image = image_grid_thw.prod(-1) if image_grid_thw.dim() == 2 else image_grid_thw  # [num_images]
     counts = torch.as_tensor(images_per_prompt, dtype=torch.long)  # [B]
     if int(counts.sum()) != rows_per_image.shape[0]:
         raise ValueError(f"images_per_prompt sums to {int(counts.sum())}, but image_grid_thw has {rows_per_image.shape[0]} images")
@@ -129,18 +174,20 @@ def prompt_of_pixel_row(image_grid_thw: torch.Tensor, images_per_prompt: torch.T
 
 
 def pixels_for_prompts(batch: PromptBatch, prompt_index: torch.Tensor | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(pixel_values, image_grid_thw)` for a forward whose rows belong to prompts `prompt_index`
-    (repeats allowed, any order): e.g. one micro-batch of completions. Rows are copied, so call it
-    per micro-batch rather than for all B*G samples at once."""
+    """`(pixel_values, image_layout)` for a forward whose rows belong to prompts `prompt_index`
+    (repeats allowed, any order): e.g. one micro-batch of completions. The layout is
+    `image_grid_thw` for Qwen, `tiles_per_image` for InternVL (`PromptBatch.image_layout`). Rows are
+    copied, so call it per micro-batch rather than for all B*G samples at once."""
     prompt_index = torch.as_tensor(prompt_index, dtype=torch.long).cpu()  # [N]
     counts = batch.images_per_prompt.cpu()  # [B]
-    rows = patches_per_prompt(batch.image_grid_thw.cpu(), counts)  # [B]
+    layout = batch.image_layout  # [num_images, 3] or [num_images]
+    rows = patches_per_prompt(layout.cpu(), counts)  # [B]
     row_start = torch.cumsum(rows, 0) - rows  # [B]
     image_start = torch.cumsum(counts, 0) - counts  # [B]
     row_index = torch.cat([torch.arange(row_start[b], row_start[b] + rows[b]) for b in prompt_index.tolist()])
     image_index = torch.cat([torch.arange(image_start[b], image_start[b] + counts[b]) for b in prompt_index.tolist()])
     device = batch.pixel_values.device
-    return batch.pixel_values[row_index.to(device)], batch.image_grid_thw[image_index.to(batch.image_grid_thw.device)]
+    return batch.pixel_values[row_index.to(device)], layout[image_index.to(layout.device)]
 
 
 def repeat_pixels_for_group(batch: PromptBatch, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
