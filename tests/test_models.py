@@ -246,3 +246,33 @@ def test_processor_loads_from_an_official_style_qwen_directory(tiny_dir, process
     assert loaded.chat_template == template
     assert resized_image_size(loaded, 1000, 2000) == (1008, 1988)  # 12845056 max pixels: no downscale
     assert resized_image_size(load_processor(official, max_pixels=28 * 28 * 64), 1000, 2000) == (140, 308)
+
+
+def test_tiny_internvl_processor_expands_tiles_like_internvl_processor(tmp_path):
+    """InternVLProcessor's rule, checked by hand (it cannot be built here: it needs a video processor):
+    each image placeholder becomes <img> + image_seq_length * tiles <IMG_CONTEXT> + </img>, tiles from
+    the GOT-OCR2 dynamic tiling (grid + thumbnail), pixel_values the image processor's own output."""
+    from mixedr1.models import INTERNVL_BOX_FRAME, InternVLImageOnlyProcessor
+
+    path = build_tiny_model(tmp_path / "internvl", family="internvl")
+    processor = load_processor(path)
+    assert isinstance(processor, InternVLImageOnlyProcessor) and processor.image_seq_length == 4
+    images = [Image.new("RGB", (56, 112), "red"), Image.new("RGB", (200, 60), "blue"), Image.new("RGB", (56, 56))]
+    expected_tiles = [processor.image_processor.get_number_of_image_patches(im.height, im.width, {"crop_to_patches": True}) for im in images]
+    assert expected_tiles == [3, 4, 1]  # 1x2 grid + thumbnail, 3x1 grid + thumbnail, one tile
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Q?"}]}]
+    prompt = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    assert prompt.count("<IMG_CONTEXT>") == 2
+    enc = processor(text=[prompt, processor.apply_chat_template(msgs[:0] + [{"role": "user", "content": [{"type": "image"}]}],
+                                                                add_generation_prompt=True, tokenize=False)],
+                    images=images, padding=True, padding_side="left", return_tensors="pt")
+    text = processor.tokenizer.decode(enc["input_ids"][0])
+    assert "<img>" + "<IMG_CONTEXT>" * 12 + "</img>\n<img>" + "<IMG_CONTEXT>" * 16 + "</img>\nQ?" in text
+    assert (enc["input_ids"][1] == processor.image_token_id).sum() == 4
+    reference = processor.image_processor(images, crop_to_patches=True, return_tensors="pt")["pixel_values"]
+    assert enc["pixel_values"].shape == (8, 3, 56, 56) and torch.equal(enc["pixel_values"], reference)
+    assert resized_image_size(processor, 480, 640) == (INTERNVL_BOX_FRAME, INTERNVL_BOX_FRAME) == (1000, 1000)
+    processor.save_pretrained(tmp_path / "saved")
+    again = load_processor(tmp_path / "saved")
+    assert isinstance(again, InternVLImageOnlyProcessor) and again.image_seq_length == 4
+    assert torch.equal(again(text=[prompt], images=images[:2], return_tensors="pt")["input_ids"][0], enc["input_ids"][0])
