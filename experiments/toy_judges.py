@@ -40,8 +40,9 @@ _CORPUS = [
 ] * 4
 
 
-def _bpe_tokenizer(special_tokens: list[str], vocab_size: int = 400):
-    """A byte-level BPE trained on `_CORPUS` (every byte is in the alphabet, so any text encodes)."""
+def bpe_tokenizer(special_tokens: list[str], vocab_size: int = 400, corpus: list[str] | None = None):
+    """A byte-level BPE trained on `corpus` (default `_CORPUS`; every byte is in the alphabet, so any
+    text encodes)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -50,27 +51,28 @@ def _bpe_tokenizer(special_tokens: list[str], vocab_size: int = 400):
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tokenizer.train_from_iterator(_CORPUS, trainer)
+    tokenizer.train_from_iterator(corpus or _CORPUS, trainer)
     return tokenizer
 
 
-def build_tiny_modernbert(path: Path, seed: int = 0) -> Path:
-    """A random 2-layer ModernBERT encoder with a [CLS] … [SEP] tokenizer."""
+def build_tiny_modernbert(path: Path, seed: int = 0, max_length: int = 128, vocab_size: int = 400,
+                          corpus: list[str] | None = None) -> Path:
+    """A random 2-layer ModernBERT encoder with a [CLS] … [SEP] tokenizer of `max_length` tokens."""
     from tokenizers import processors
     from transformers import ModernBertConfig, ModernBertModel, PreTrainedTokenizerFast
 
-    raw = _bpe_tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    raw = bpe_tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], vocab_size, corpus)
     cls_id, sep_id = raw.token_to_id("[CLS]"), raw.token_to_id("[SEP]")
     raw.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", model_max_length=128,
+        mask_token="[MASK]", model_max_length=max_length,
     )
     config = ModernBertConfig(
         vocab_size=raw.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128, local_attention=16, pad_token_id=raw.token_to_id("[PAD]"),
+        intermediate_size=64, max_position_embeddings=max_length, local_attention=16, pad_token_id=raw.token_to_id("[PAD]"),
         cls_token_id=cls_id, sep_token_id=sep_id, bos_token_id=cls_id, eos_token_id=sep_id,
     )
     torch.manual_seed(seed)
@@ -99,7 +101,7 @@ def build_tiny_llm_judge(path: Path, seed: int = 0) -> Path:
     """A random 2-layer Qwen2 causal LM with a ChatML chat template."""
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-    raw = _bpe_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    raw = bpe_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=raw, eos_token="<|im_end|>", pad_token="<|endoftext|>", model_max_length=512,
     )

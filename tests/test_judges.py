@@ -21,6 +21,7 @@ from mixedr1.rewards.bmas import bmas_reward
 from mixedr1.rewards.judges import (
     JUDGE_PROMPT, JudgeCost, LLMJudge, cosine_to_truth, make_judge, masked_pool, parse_judge_score,
 )
+from experiments.toy_judges import bpe_tokenizer, build_tiny_modernbert
 
 TRUTH = "A man is playing a guitar on stage."
 PARAPHRASE = "Someone performs music with a guitar in front of an audience."
@@ -30,43 +31,12 @@ CORPUS = [TRUTH, PARAPHRASE, UNRELATED, "The cat sat on the mat.", "Score: 0.7 o
 
 
 def _bpe_tokenizer(special_tokens, vocab_size=300):
-    """A byte-level BPE trained here on CORPUS (any text encodes: every byte is in the alphabet)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer.train_from_iterator(CORPUS, trainer)
-    return tokenizer
+    return bpe_tokenizer(special_tokens, vocab_size, CORPUS)
 
 
 @pytest.fixture(scope="module")
 def modernbert_dir(tmp_path_factory):
-    from tokenizers import processors
-    from transformers import ModernBertConfig, ModernBertModel, PreTrainedTokenizerFast
-
-    path = tmp_path_factory.mktemp("modernbert")
-    raw = _bpe_tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    cls_id, sep_id = raw.token_to_id("[CLS]"), raw.token_to_id("[SEP]")
-    raw.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", model_max_length=64,
-    )
-    config = ModernBertConfig(
-        vocab_size=raw.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64, local_attention=16, pad_token_id=raw.token_to_id("[PAD]"),
-        cls_token_id=cls_id, sep_token_id=sep_id, bos_token_id=cls_id, eos_token_id=sep_id,
-    )
-    torch.manual_seed(0)
-    ModernBertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return build_tiny_modernbert(tmp_path_factory.mktemp("modernbert"), max_length=64, vocab_size=300, corpus=CORPUS)
 
 
 def _tiny_qwen2(path, rigged_token=None):
