@@ -387,3 +387,19 @@ def test_collate_rejects_prompts_over_the_token_limit(mixed_records, processor):
     collate(mixed_records, processor, max_prompt_tokens=lengths[1])
     with pytest.raises(ValueError, match=f"record 'two': prompt is {lengths[1]} tokens.*max_prompt_tokens={lengths[1] - 1}"):
         collate(mixed_records, processor, max_prompt_tokens=lengths[1] - 1)
+
+
+def test_grounding_hint_follows_the_processors_box_frame(tmp_path):
+    """Qwen answers in pixels of the resized image; InternVL in 0-1000 normalised coordinates."""
+    from mixedr1.data.prompt import NORMALISED_BOX_HINT, render_prompt
+    from mixedr1.data.synth import write_synthetic_dataset
+    from mixedr1.models import build_tiny_model, load_processor
+
+    paths = write_synthetic_dataset(tmp_path / "data", 1, seed=0)
+    records, _ = load_records(paths.train, paths.root)
+    (grounding,) = [r for r in records if r.problem_type == "grounding"]
+    qwen = load_processor(build_tiny_model(tmp_path / "qwen"))
+    internvl = load_processor(build_tiny_model(tmp_path / "internvl", family="internvl"))
+    assert "absolute pixel coordinates" in render_prompt(grounding, qwen)
+    assert NORMALISED_BOX_HINT in render_prompt(grounding, internvl)
+    assert "absolute pixel" not in render_prompt(grounding, internvl)

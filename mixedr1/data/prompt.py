@@ -14,7 +14,7 @@ stored in original pixels (SPEC §1) and mapped with `mixedr1.models.scale_box_t
 from __future__ import annotations
 
 from mixedr1.data.dataset import Record, option_letter
-from mixedr1.models import resized_image_size, scale_box_to_model_frame
+from mixedr1.models import InternVLImageOnlyProcessor, resized_image_size, scale_box_to_model_frame
 
 INSTRUCTION = (
     "First think about the question step by step inside <think> </think> tags, "
@@ -39,25 +39,32 @@ SFT_THOUGHTS = {
 }
 
 
-def prompt_text(record: Record) -> str:
+# InternVL reads and writes boxes normalised to [0, 1000] (mixedr1.models.INTERNVL_BOX_FRAME), not pixels.
+NORMALISED_BOX_HINT = "the box [x1, y1, x2, y2] with coordinates normalised to 0-1000 of the image's width and height"
+
+
+def prompt_text(record: Record, normalised_boxes: bool = False) -> str:
     """The user text: question, lettered options (mcq), instruction with the type's answer hint."""
     lines = [record.question.strip()]
     if record.options:
         lines += [f"{option_letter(i)}. {option.strip()}" for i, option in enumerate(record.options)]
-    lines.append(INSTRUCTION.format(answer_hint=ANSWER_HINTS[record.problem_type]))
+    hint = NORMALISED_BOX_HINT if normalised_boxes and record.problem_type == "grounding" else ANSWER_HINTS[record.problem_type]
+    lines.append(INSTRUCTION.format(answer_hint=hint))
     return "\n".join(lines)
 
 
-def build_messages(record: Record) -> list[dict]:
+def build_messages(record: Record, normalised_boxes: bool = False) -> list[dict]:
     """Chat messages: one user turn with the images first (as Qwen2.5-VL's examples do), then the text."""
     content = [{"type": "image"} for _ in record.images]
-    content.append({"type": "text", "text": prompt_text(record)})
+    content.append({"type": "text", "text": prompt_text(record, normalised_boxes)})
     return [{"role": "user", "content": content}]
 
 
 def render_prompt(record: Record, processor) -> str:
-    """The prompt string through the processor's chat template, ending where the assistant writes."""
-    return processor.apply_chat_template(build_messages(record), add_generation_prompt=True, tokenize=False)
+    """The prompt string through the processor's chat template, ending where the assistant writes.
+    The grounding hint follows the processor's box frame: pixels (Qwen) or 0-1000 (InternVL)."""
+    normalised = isinstance(processor, InternVLImageOnlyProcessor)
+    return processor.apply_chat_template(build_messages(record, normalised), add_generation_prompt=True, tokenize=False)
 
 
 def model_frame_box(record: Record, processor, orig_hw: tuple[int, int] | None = None) -> list[float]:
