@@ -26,11 +26,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from mixedr1 import distributed
 from mixedr1.checkpoint import latest_checkpoint, load_train_state, save_checkpoint, save_hf_model
 from mixedr1.config import Config, ConfigError, load_config, save_config
-from mixedr1.data.batch import PromptBatch, collate
+from mixedr1.data.batch import PromptBatch, collate, pixels_for_prompts
 from mixedr1.data.dataset import Record, load_records, load_training_records, resolve_data_path
 from mixedr1.data.prompt import build_sft_target
 from mixedr1.data.synth import write_synthetic_dataset
@@ -39,7 +40,7 @@ from mixedr1.models import build_tiny_model, load_policy_and_processor, load_mod
 from mixedr1.policy import PolicyModel, build_sequences, features_per_prompt, row_image_embeds
 from mixedr1.rewards import RewardContext, score_group
 from mixedr1.rewards.context import make_reward_context, reward_target, with_embedding_table
-from mixedr1.rollout import decode_completions, eos_token_ids, generate_rollout, sampling_params_from_config
+from mixedr1.rollout import Rollout, decode_completions, eos_token_ids, generate_rollout, sampling_params_from_config
 from mixedr1.runlog import RunLog
 
 
@@ -275,8 +276,6 @@ def image_embeds_for(policy, batch: PromptBatch, mb, frozen_features):
     if frozen_features is not None:
         return row_image_embeds(frozen_features, mb.prompt_index)
     prompts = torch.unique(mb.prompt_index)  # each prompt's images once, even when several rows share it
-    from mixedr1.data.batch import pixels_for_prompts
-
     pixels, grid = pixels_for_prompts(batch, prompts)
     feats = features_per_prompt(policy.hf, pixels, grid, batch.images_per_prompt[prompts].tolist())
     lookup = {int(p): f for p, f in zip(prompts, feats)}
@@ -343,8 +342,6 @@ def rollout_in_chunks(hf, batch: PromptBatch, params, seed_of_call, prompts_per_
     Each call's generator is seeded from the global index of its first prompt, so the samples do not
     depend on how prompts are spread over ranks (when prompts_per_call divides each rank's share).
     """
-    from mixedr1.data.batch import pixels_for_prompts
-
     B = batch.input_ids.shape[0]
     parts = []
     for start in range(0, B, prompts_per_call):
@@ -366,8 +363,6 @@ def rollout_in_chunks(hf, batch: PromptBatch, params, seed_of_call, prompts_per_
 
 def concat_rollouts(parts, pad_token_id: int):
     """One Rollout from consecutive calls: completions right-padded to the longest, prompt indices offset."""
-    from mixedr1.rollout import Rollout
-
     T = max(p.completion_ids.shape[1] for p in parts)
     pad = lambda t, value: torch.nn.functional.pad(t, (0, T - t.shape[1]), value=value)  # noqa: E731
     prompt_offset, prompt_index = 0, []
@@ -591,8 +586,6 @@ def records_for_step(records: list[Record], step: int, cfg: Config, dist) -> lis
 
 
 def progress_bar(cfg: Config, dist, start: int, total: int):
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
                 disable=not (dist.is_main and cfg.log.progress_bar))
 
