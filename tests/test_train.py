@@ -85,6 +85,20 @@ def test_reference_cpu_offload_gives_the_same_run(tmp_path):
     assert [r["loss/kl"] for r in metrics(tmp_path / "plain")[1:]] == [r["loss/kl"] for r in metrics(tmp_path / "offload")[1:]]
 
 
+def test_activation_checkpointing_gives_the_same_run(tmp_path):
+    """The paper configs turn on gradient checkpointing: recomputing activations must not change the math."""
+    plain = write_config(tmp_path, "plain", train={"steps": 2, "sft_warmup_steps": 0})
+    ckpt = write_config(tmp_path, "ckpt", train={"steps": 2, "sft_warmup_steps": 0}, model={"gradient_checkpointing": True})
+    train.main([str(plain)])
+    train.main([str(ckpt)])
+    for a, b in zip(metrics(tmp_path / "plain"), metrics(tmp_path / "ckpt")):
+        assert b["loss/total"] == pytest.approx(a["loss/total"], rel=1e-6, abs=1e-9)
+        assert b["optim/grad_norm"] == pytest.approx(a["optim/grad_norm"], rel=1e-5)
+    wa, wb = final_weights(tmp_path / "plain"), final_weights(tmp_path / "ckpt")
+    for key in wa:
+        torch.testing.assert_close(wb[key], wa[key], atol=1e-6, rtol=1e-5)
+
+
 def test_exact_resume(tmp_path):
     straight = write_config(tmp_path, "straight", train={"steps": 4}, checkpoint={"every": 2})
     train.main([str(straight)])
