@@ -203,19 +203,17 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
 # Processor
 
 
-def _pil_qwen_image_processor_class():
-    """The PIL/numpy Qwen2-VL image processor (no torchvision).
+def _pil_image_processor_class(family: str, name: str):
+    """The PIL/numpy image processor `name` of `transformers.models.<family>` (no torchvision).
 
-    transformers >= 5.1 names it `Qwen2VLImageProcessorPil` (the plain name became the torchvision one);
-    earlier releases called the PIL one `Qwen2VLImageProcessor`.
+    transformers >= 5.1 calls it `<name>Pil` in `image_processing_pil_<family>` (the plain name became
+    the torchvision one); earlier releases called the PIL one `<name>` in `image_processing_<family>`.
     """
     try:
-        module = importlib.import_module("transformers.models.qwen2_vl.image_processing_pil_qwen2_vl")
-        return module.Qwen2VLImageProcessorPil
-    except ImportError:
-        from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
-
-        return Qwen2VLImageProcessor
+        module = importlib.import_module(f"transformers.models.{family}.image_processing_pil_{family}")
+        return getattr(module, f"{name}Pil")
+    except (ImportError, AttributeError):
+        return getattr(importlib.import_module(f"transformers.models.{family}.image_processing_{family}"), name)
 
 
 class QwenVLImageOnlyProcessor(Qwen2_5_VLProcessor):
@@ -242,7 +240,7 @@ class QwenVLImageOnlyProcessor(Qwen2_5_VLProcessor):
         path = Path(path)
         kwargs["local_files_only"] = True
         pixel_kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
-        image_processor = _pil_qwen_image_processor_class().from_pretrained(path, **kwargs, **pixel_kwargs)
+        image_processor = _pil_image_processor_class("qwen2_vl", "Qwen2VLImageProcessor").from_pretrained(path, **kwargs, **pixel_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         return cls(image_processor, tokenizer, chat_template=_read_chat_template(path, tokenizer))
 
@@ -256,21 +254,6 @@ def _read_chat_template(path: Path, tokenizer) -> Optional[str]:
         with open(path / "chat_template.json") as f:
             return json.load(f)["chat_template"]
     return getattr(tokenizer, "chat_template", None)
-
-
-def _pil_got_ocr2_image_processor_class():
-    """The PIL/numpy GOT-OCR2 image processor that InternVL uses (no torchvision).
-
-    transformers >= 5.1 names it `GotOcr2ImageProcessorPil` (the plain name became the torchvision one);
-    earlier releases called the PIL one `GotOcr2ImageProcessor`.
-    """
-    try:
-        module = importlib.import_module("transformers.models.got_ocr2.image_processing_pil_got_ocr2")
-        return module.GotOcr2ImageProcessorPil
-    except ImportError:
-        from transformers.models.got_ocr2.image_processing_got_ocr2 import GotOcr2ImageProcessor
-
-        return GotOcr2ImageProcessor
 
 
 class InternVLImageOnlyProcessor(ProcessorMixin):
@@ -337,7 +320,7 @@ class InternVLImageOnlyProcessor(ProcessorMixin):
         config (else the model config). Local files only."""
         path = Path(path)
         kwargs["local_files_only"] = True
-        image_processor = _pil_got_ocr2_image_processor_class().from_pretrained(path, **kwargs)
+        image_processor = _pil_image_processor_class("got_ocr2", "GotOcr2ImageProcessor").from_pretrained(path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         image_seq_length = None
         if (path / "processor_config.json").is_file():
@@ -646,7 +629,7 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, max_pixels: int = 28 * 
     )
     model.save_pretrained(out_dir)
 
-    image_processor = _pil_qwen_image_processor_class()(min_pixels=28 * 28 * 4, max_pixels=max_pixels)
+    image_processor = _pil_image_processor_class("qwen2_vl", "Qwen2VLImageProcessor")(min_pixels=28 * 28 * 4, max_pixels=max_pixels)
     processor = QwenVLImageOnlyProcessor(image_processor, tokenizer, chat_template=QWEN_CHAT_TEMPLATE)
     processor.save_pretrained(out_dir)
     return out_dir
@@ -719,7 +702,7 @@ def build_tiny_internvl(out_dir: str | Path, seed: int = 0, tile_size: int = 56,
     )
     model.save_pretrained(out_dir)
 
-    image_processor = _pil_got_ocr2_image_processor_class()(
+    image_processor = _pil_image_processor_class("got_ocr2", "GotOcr2ImageProcessor")(
         size={"height": tile_size, "width": tile_size}, crop_to_patches=True, min_patches=1, max_patches=max_tiles,
     )
     processor = InternVLImageOnlyProcessor(image_processor, tokenizer, image_seq_length=image_seq_length,
