@@ -97,14 +97,17 @@ def build_tiny_sbert(path: Path, seed: int = 1) -> Path:
     return path
 
 
-def build_tiny_llm_judge(path: Path, seed: int = 0) -> Path:
-    """A random 2-layer Qwen2 causal LM with a ChatML chat template."""
+def build_tiny_llm_judge(path: Path, seed: int = 0, vocab_size: int = 400, corpus: list[str] | None = None,
+                         extra_tokens: tuple[str, ...] = ()) -> Path:
+    """A random 2-layer Qwen2 causal LM with a ChatML chat template (`extra_tokens` added to its vocabulary)."""
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-    raw = bpe_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    raw = bpe_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], vocab_size, corpus)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=raw, eos_token="<|im_end|>", pad_token="<|endoftext|>", model_max_length=512,
     )
+    if extra_tokens:
+        tokenizer.add_tokens(list(extra_tokens))
     tokenizer.chat_template = (
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"

@@ -21,7 +21,7 @@ from mixedr1.rewards.bmas import bmas_reward
 from mixedr1.rewards.judges import (
     JUDGE_PROMPT, JudgeCost, LLMJudge, cosine_to_truth, make_judge, masked_pool, parse_judge_score,
 )
-from experiments.toy_judges import bpe_tokenizer, build_tiny_modernbert
+from experiments.toy_judges import build_tiny_llm_judge, build_tiny_modernbert
 
 TRUTH = "A man is playing a guitar on stage."
 PARAPHRASE = "Someone performs music with a guitar in front of an audience."
@@ -30,38 +30,21 @@ CORPUS = [TRUTH, PARAPHRASE, UNRELATED, "The cat sat on the mat.", "Score: 0.7 o
           "the answer is forty two", "a red triangle above a blue square"] * 4
 
 
-def _bpe_tokenizer(special_tokens, vocab_size=300):
-    return bpe_tokenizer(special_tokens, vocab_size, CORPUS)
-
-
 @pytest.fixture(scope="module")
 def modernbert_dir(tmp_path_factory):
     return build_tiny_modernbert(tmp_path_factory.mktemp("modernbert"), max_length=64, vocab_size=300, corpus=CORPUS)
 
 
 def _tiny_qwen2(path, rigged_token=None):
-    """A random tiny Qwen2 causal LM with a chat template. `rigged_token`: make greedy decoding
+    """A random tiny Qwen2 judge (experiments/toy_judges.py). `rigged_token`: make greedy decoding
     always pick that token (residual stream = embedding, one lm_head row aligned with it)."""
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoTokenizer, Qwen2ForCausalLM
 
-    raw = _bpe_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw, eos_token="<|im_end|>", pad_token="<|endoftext|>", model_max_length=512,
-    )
+    extra = (rigged_token,) if rigged_token is not None else ()
+    build_tiny_llm_judge(path, seed=0, vocab_size=300, corpus=CORPUS, extra_tokens=extra)
     if rigged_token is not None:
-        tokenizer.add_tokens([rigged_token])
-    tokenizer.chat_template = (
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    )
-    config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-        intermediate_size=64, max_position_embeddings=512, tie_word_embeddings=False,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(config)
-    if rigged_token is not None:
+        model = Qwen2ForCausalLM.from_pretrained(path, dtype=torch.float32)
+        token = AutoTokenizer.from_pretrained(path).convert_tokens_to_ids(rigged_token)
         with torch.no_grad():
             for layer in model.model.layers:  # every block adds 0 to the residual stream
                 layer.self_attn.o_proj.weight.zero_()
@@ -69,9 +52,8 @@ def _tiny_qwen2(path, rigged_token=None):
             model.model.embed_tokens.weight.zero_()
             model.model.embed_tokens.weight[:, 0] = 1.0  # every token's state is e_0
             model.lm_head.weight.zero_()
-            model.lm_head.weight[tokenizer.convert_tokens_to_ids(rigged_token), 0] = 1.0
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+            model.lm_head.weight[token, 0] = 1.0
+        model.save_pretrained(path)
     return path
 
 
