@@ -574,6 +574,20 @@ def _train_tiny_tokenizer(vocab_size: int = 800, extra_special_tokens: Sequence[
     )
 
 
+def _save_random_model(model_class, config, tokenizer, seed: int, out_dir: Path) -> None:
+    """Initialise `model_class(config)` from `seed` and save it with a ChatML generation config
+    (EOS = <|im_end|> or <|endoftext|>, padding <|endoftext|>)."""
+    end_of_text = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=end_of_text,
+        eos_token_id=[tokenizer.convert_tokens_to_ids("<|im_end|>"), end_of_text],
+        pad_token_id=end_of_text,
+    )
+    model.save_pretrained(out_dir)
+
+
 def build_tiny_model(out_dir: str | Path, seed: int = 0, max_pixels: int = 28 * 28 * 16, family: str = "qwen2_5_vl") -> Path:
     """Write a random tiny Qwen2.5-VL (weights, tokenizer, chat template, generation config, image-only
     processor) to `out_dir`; a few MB. `max_pixels` caps the resized image at 16 merged tokens.
@@ -620,14 +634,7 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, max_pixels: int = 28 * 
         vision_end_token_id=token_id("<|vision_end|>"),
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    model.generation_config = GenerationConfig(
-        bos_token_id=token_id("<|endoftext|>"),
-        eos_token_id=[token_id("<|im_end|>"), token_id("<|endoftext|>")],
-        pad_token_id=token_id("<|endoftext|>"),
-    )
-    model.save_pretrained(out_dir)
+    _save_random_model(Qwen2_5_VLForConditionalGeneration, config, tokenizer, seed, out_dir)
 
     image_processor = _pil_image_processor_class("qwen2_vl", "Qwen2VLImageProcessor")(min_pixels=28 * 28 * 4, max_pixels=max_pixels)
     processor = QwenVLImageOnlyProcessor(image_processor, tokenizer, chat_template=QWEN_CHAT_TEMPLATE)
@@ -693,14 +700,7 @@ def build_tiny_internvl(out_dir: str | Path, seed: int = 0, tile_size: int = 56,
         downsample_ratio=downsample_ratio,
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    model = InternVLForConditionalGeneration(config).eval()
-    model.generation_config = GenerationConfig(
-        bos_token_id=token_id("<|endoftext|>"),
-        eos_token_id=[token_id("<|im_end|>"), token_id("<|endoftext|>")],
-        pad_token_id=token_id("<|endoftext|>"),
-    )
-    model.save_pretrained(out_dir)
+    _save_random_model(InternVLForConditionalGeneration, config, tokenizer, seed, out_dir)
 
     image_processor = _pil_image_processor_class("got_ocr2", "GotOcr2ImageProcessor")(
         size={"height": tile_size, "width": tile_size}, crop_to_patches=True, min_patches=1, max_patches=max_tiles,
