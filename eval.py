@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint on the paper's benchmarks (SPEC §6, EVAL.md): args → load → generate → score → write.
+"""Evaluate a checkpoint on the paper's benchmarks (docs/method.md §6, EVAL.md): args → load → generate → score → write.
 
     python eval.py --ckpt DIR --data-root DIR \\
         [--benchmarks mathvista,mathvision,mmbench,mmmu,mmstar,ai2d] [--prompt thinking|direct] \\
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -29,6 +28,7 @@ from typing import Optional, Sequence
 import torch
 from tqdm import tqdm
 
+from mixedr1.resumable import open_for_append, read_rank_files, write_atomically
 from mixedr1.distributed import all_gather_objects, barrier, destroy_distributed, init_distributed, print0
 from mixedr1.evaluation import BENCHMARKS, TABLE1, EvalItem, limit_items
 from mixedr1.evaluation.benchmarks import FILES, check_unique_ids, expected_layout
@@ -41,7 +41,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     layout = "\n".join(f"  {name:<20} DATA_ROOT/{expected_layout(name)}" for name in FILES)
     parser = argparse.ArgumentParser(
         prog="eval.py",
-        description="Evaluate a checkpoint on MathVista, MathVision, MMBench, MMMU, MMStar, AI2D (SPEC §6).",
+        description="Evaluate a checkpoint on MathVista, MathVision, MMBench, MMMU, MMStar, AI2D (docs/method.md §6).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Expected files under --data-root (Hugging Face parquet, shards globbed; mmmu_pro reads both\n"
         "mmmu_pro_standard and mmmu_pro_vision):\n" + layout,
@@ -49,7 +49,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--ckpt", required=True, help="local Hugging Face model directory (a training checkpoint or a base model)")
     parser.add_argument("--data-root", required=True, help="folder holding one sub-folder per benchmark (see below)")
     parser.add_argument("--benchmarks", default=DEFAULT_BENCHMARKS, help=f"comma-separated, from: {', '.join(BENCHMARKS)} (default: {DEFAULT_BENCHMARKS})")
-    parser.add_argument("--prompt", choices=PROMPT_MODES, default="thinking", help="thinking: SPEC §2 <think>/<answer> prompt; direct: the benchmark's own short-answer prompt (lmms-eval)")
+    parser.add_argument("--prompt", choices=PROMPT_MODES, default="thinking", help="thinking: docs/method.md §2 <think>/<answer> prompt; direct: the benchmark's own short-answer prompt (lmms-eval)")
     parser.add_argument("--limit", type=int, default=None, help="first N questions of each benchmark (MMBench: N questions with all their rotations)")
     parser.add_argument("--output", default=None, help="results JSON (default: CKPT/eval_<prompt>.json); the table goes to the same name with .md")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per generation call, per rank")
@@ -81,28 +81,16 @@ def prompt_sha(item: EvalItem, mode: str) -> str:
     return hashlib.sha1(prompt_text(item, mode).encode("utf-8")).hexdigest()[:16]
 
 
-def cache_glob(output: Path) -> str:
-    """The name pattern of every rank's cache file, in the output's folder."""
-    return f"{output.stem}.predictions.rank*.jsonl"
-
-
-def cache_file(output: Path, rank: int) -> Path:
-    return output.parent / f"{output.stem}.predictions.rank{rank}.jsonl"
-
-
 def load_cache(output: Path) -> dict[str, str]:
     """Every cached prediction, from all ranks' files (a different world size may have written them).
     A torn last line (the run was killed mid-write) is skipped."""
     cache = {}
-    for path in sorted(output.parent.glob(cache_glob(output))):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    entry = json.loads(line)
-                    key = cache_key(entry["benchmark"], entry["item_id"], entry["prompt"], entry["prompt_sha"], entry["max_new_tokens"])
-                    cache[key] = entry["prediction"]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
+    for where, entry in read_rank_files(output, "predictions"):
+        try:
+            key = cache_key(entry["benchmark"], entry["item_id"], entry["prompt"], entry["prompt_sha"], entry["max_new_tokens"])
+        except KeyError as e:
+            raise ValueError(f"{where}: a prediction line without {e}; this file is written only by eval.py") from None
+        cache[key] = entry["prediction"]
     return cache
 
 
@@ -213,13 +201,6 @@ def table1_markdown(results: dict, model_name: str, prompt_mode: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------------------------
 
 
@@ -250,8 +231,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     # 3. Generate, appending each batch to this rank's cache file as soon as it is done.
     if n_todo:
         model, processor, params = load_generator(args, dist_info.device)
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        with open(cache_file(args.output, rank), "a", encoding="utf-8") as sink:
+        with open_for_append(args.output, "predictions", rank) as sink:
             for name, items in todo.items():
                 bar = tqdm(total=len(items), desc=name, unit="item", disable=rank != 0 or not items, dynamic_ncols=True)
                 for start in range(0, len(items), args.batch_size):

@@ -1,4 +1,4 @@
-"""Benchmark: fused, batched BMAS (SPEC §3, Eq. 3-4) against loops and against a bare matmul.
+"""Benchmark: fused, batched BMAS (docs/method.md §3, Eq. 3-4) against loops and against a bare matmul.
 
 One group of G responses (N tokens each) against a ground truth of M tokens, embedding size D, for
 D = 2048 and 3584 (the input embedding sizes of Qwen2.5-VL-3B and -7B). Timed side by side in one

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
-from mixedr1.models import build_tiny_model  # noqa: E402
+from mixedr1.models.tiny import build_tiny_model  # noqa: E402
 
 SIZES = {  # Qwen2.5-VL text / vision dimensions (the released configs)
     "3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,

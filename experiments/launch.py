@@ -6,7 +6,7 @@
         [--rows yorn,mcq] [--set key=value ...] [--eval-args "--batch-size 16"]
     python experiments/launch.py all --dry-run             # every experiment
 
-Experiments (SPEC §6): `table1` main results (3B / 7B: base model direct and thinking, + SFT
+Experiments (docs/method.md §6): `table1` main results (3B / 7B: base model direct and thinking, + SFT
 baseline, + Mixed-R1), `table2` rewards added one by one, `table3` data scale and InternVL2.5-4B,
 `table4` open-ended reward designs, `others` Mixed-R1 7B on the further benchmarks the paper lists.
 
@@ -80,7 +80,7 @@ class Row:
 
     name: str  # folder under RESULTS/<experiment>/, and the key of paper_numbers.PAPER
     label: str  # the row's label in the paper's table (unique within the experiment: curves are keyed by it)
-    prompt: str  # eval.py --prompt: "thinking" (SPEC §2) or "direct" (the benchmark's own prompt)
+    prompt: str  # eval.py --prompt: "thinking" (docs/method.md §2) or "direct" (the benchmark's own prompt)
     model: Optional[str] = None  # key of MODEL_DIRS: the model evaluated (base) or trained from (train)
     config: Optional[str] = None  # configs/*.yaml to train with; None = this row trains nothing
     overrides: tuple[str, ...] = ()  # key=value: what this row changes in the config

@@ -41,6 +41,7 @@ if str(REPO) not in sys.path:  # run as a script: make `mixedr1` and `experiment
     sys.path.insert(0, str(REPO))
 
 from experiments import report  # noqa: E402
+from mixedr1.config import JUDGE_NAMES  # noqa: E402
 from experiments.launch import EXPERIMENTS, MODEL_DIRS, Command, Settings, Step, execute, plan  # noqa: E402
 
 # Appended last to every training command of the rehearsal (after the row's own overrides).
@@ -58,7 +59,7 @@ def build_inputs(inputs: Path, synth_items: int, base_sft_steps: int, in_process
     from experiments.toy_benchmarks import write_benchmarks
     from experiments.toy_judges import build_toy_judges
     from mixedr1.data.synth import write_synthetic_dataset
-    from mixedr1.models import build_tiny_model
+    from mixedr1.models.tiny import build_tiny_model
 
     inputs.mkdir(parents=True, exist_ok=True)
     tiny, data, benchmarks, judges = inputs / "tiny-model", inputs / "data", inputs / "benchmarks", inputs / "judges"
@@ -68,7 +69,7 @@ def build_inputs(inputs: Path, synth_items: int, base_sft_steps: int, in_process
         write_synthetic_dataset(data, synth_items, seed=0, heldout_per_type=0)
     if not (benchmarks / "MMStar").is_dir():
         write_benchmarks(benchmarks)
-    judge_paths = {name: judges / name for name in ("modernbert", "sbert", "llm_judge")}
+    judge_paths = {name: judges / name for name in JUDGE_NAMES}
     if not all((p / "config.json").is_file() for p in judge_paths.values()):
         judge_paths = build_toy_judges(judges)
     base = tiny

@@ -9,7 +9,7 @@ the row it borrows a checkpoint from) for the curves. The paper's numbers come f
 `experiments/paper_numbers.py`. Each table cell reads `ours / paper (ours − paper)`; a row not run
 yet shows `– / paper`.
 
-Figure 4 (SPEC §6): per open-ended reward design (Table 4's rows), the open-ended reward and the
+Figure 4 (docs/method.md §6): per open-ended reward design (Table 4's rows), the open-ended reward and the
 completion length over training steps. The reward plotted is `accuracy/open_ended`, the accuracy
 part of the reward on open-ended items, which is the design's own score; the designs' ranges differ
 (BMAS with `combine: sum` in [−2, 2], the encoders' cosines in [−1, 1], the LLM judge in [0, 1]).

@@ -5,7 +5,7 @@ checks every key and value against these declarations: an unknown key or a value
 or outside its choices fails at start with the dotted key named (`reward.bmas_combine: expected
 one of 'sum', 'mean', got 'max'`). Cross-field constraints are checked once, in `Config.validate`.
 
-Where SPEC.md marks a **Decision**, the field that makes it carries the SPEC reference, so a user
+Where docs/method.md marks a **Decision**, the field that makes it carries the reference, so a user
 can switch to the other reading.
 """
 
@@ -44,7 +44,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train_file: str = ""  # JSONL in the canonical schema (SPEC §1), relative to data_root or absolute
+    train_file: str = ""  # JSONL in the canonical schema (docs/method.md §1), relative to data_root or absolute
     eval_file: Optional[str] = None  # held-out JSONL for in-training evaluation
     data_root: str = "."  # images are resolved relative to this folder and must stay inside it
     on_bad_record: Literal["error", "skip"] = "error"  # skip: count and report bad records instead of stopping
@@ -58,8 +58,8 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    group_size: int = 8  # G: completions sampled per prompt (SPEC §4)
-    temperature: float = 1.0  # sampling temperature (SPEC §4: 1.0)
+    group_size: int = 8  # G: completions sampled per prompt (docs/method.md §4)
+    temperature: float = 1.0  # sampling temperature (docs/method.md §4: 1.0)
     top_p: float = 1.0  # nucleus sampling; 1.0 = off
     top_k: int = 0  # top-k sampling; 0 = off
     max_new_tokens: int = 1024  # completion length cap; also Dr.GRPO's constant normaliser
@@ -68,23 +68,27 @@ class RolloutConfig:
 
 @dataclass
 class GRPOConfig:
-    beta: float = 0.04  # k3 KL coefficient to the frozen reference (SPEC §4); 0 = no reference model
+    beta: float = 0.04  # k3 KL coefficient to the frozen reference (docs/method.md §4); 0 = no reference model
     eps_low: float = 0.2  # ratio clipped below at 1 - eps_low
     eps_high: float = 0.2  # ratio clipped above at 1 + eps_high (DAPO's clip-higher when > eps_low)
     adv_eps: float = 1e-4  # δ in (R - mean) / (std + δ)
     adv_scale: Literal["group", "none"] = "group"  # none: Dr.GRPO, no std scaling
-    adv_std: Literal["unbiased", "population"] = "unbiased"  # SPEC §4 Decision: unbiased like TRL/verl
+    adv_std: Literal["unbiased", "population"] = "unbiased"  # docs/method.md §4 Decision: unbiased like TRL/verl
     loss_agg: Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"] = "seq_mean_token_mean"
-    updates_per_rollout: int = 1  # μ: policy updates on each rollout batch (SPEC §4: 1)
+    updates_per_rollout: int = 1  # μ: policy updates on each rollout batch (docs/method.md §4: 1)
+
+
+# The open-ended rewards that score with an external judge model (Table 4), not the policy's embeddings.
+JUDGE_NAMES = ("modernbert", "sbert", "llm_judge")
 
 
 @dataclass
 class RewardConfig:
-    format_weight: float = 1.0  # λ in R = R_acc + λ·R_fmt (SPEC §3 Decision: 1.0)
-    chart_tolerance: float = 1e-2  # numeric tolerance of the chart reward (SPEC §3)
-    chart_tolerance_mode: Literal["absolute", "relative"] = "absolute"  # SPEC §3 Decision: absolute
+    format_weight: float = 1.0  # λ in R = R_acc + λ·R_fmt (docs/method.md §3 Decision: 1.0)
+    chart_tolerance: float = 1e-2  # numeric tolerance of the chart reward (docs/method.md §3)
+    chart_tolerance_mode: Literal["absolute", "relative"] = "absolute"  # docs/method.md §3 Decision: absolute
     open_ended: Literal["bmas", "bipartite", "modernbert", "sbert", "llm_judge"] = "bmas"  # Table 4 designs
-    bmas_combine: Literal["sum", "mean"] = "sum"  # SPEC §3 Decision: sum of both directions, range [-2, 2]
+    bmas_combine: Literal["sum", "mean"] = "sum"  # docs/method.md §3 Decision: sum of both directions, range [-2, 2]
     judge_model: Optional[str] = None  # local directory of the external model for modernbert|sbert|llm_judge
     judge_batch_size: int = 64  # texts (modernbert|sbert) or prompts (llm_judge) per judge forward
     judge_max_tokens: int = 512  # each response / ground truth keeps at most this many tokens in the judge
@@ -93,7 +97,7 @@ class RewardConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 3e-6  # AdamW learning rate (SPEC §4)
+    lr: float = 3e-6  # AdamW learning rate (docs/method.md §4)
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     adam_eps: float = 1e-8
@@ -106,7 +110,7 @@ class OptimConfig:
 class TrainConfig:
     algorithm: Literal["grpo", "sft"] = "grpo"  # sft: the paper's "+SFT baseline" rows
     steps: int = 100  # optimizer steps
-    prompts_per_step: int = 64  # global prompts per step (SPEC §4: 64, i.e. 512 completions at G=8)
+    prompts_per_step: int = 64  # global prompts per step (docs/method.md §4: 64, i.e. 512 completions at G=8)
     micro_batch_size: int = 8  # completions per forward/backward on one rank
     sft_warmup_steps: int = 0  # SFT steps before GRPO, for models that cannot yet follow the format
     sft_lr: Optional[float] = None  # learning rate of the SFT warm-up; None = optim.lr
@@ -189,7 +193,7 @@ class Config:
         unknown = [t for t in self.data.problem_types if t not in PROBLEM_TYPES]
         if unknown or not self.data.problem_types:
             raise ConfigError(f"data.problem_types: expected a non-empty list of {PROBLEM_TYPES}, got {self.data.problem_types}")
-        if self.reward.open_ended in ("modernbert", "sbert", "llm_judge") and not self.reward.judge_model:
+        if self.reward.open_ended in JUDGE_NAMES and not self.reward.judge_model:
             raise ConfigError(f"reward.judge_model: required when reward.open_ended is {self.reward.open_ended!r}")
         return self
 

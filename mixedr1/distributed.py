@@ -95,6 +95,16 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
+def mean_over_ranks(sums: dict[str, float]) -> dict[str, float]:
+    """Means over every rank's items of a dict of sums in which each key `k` comes with its count
+    `"#k"`: the sums and counts are added over ranks, then divided. Keys in sorted order."""
+    total: dict[str, float] = {}
+    for part in all_gather_objects(dict(sums)):
+        for key, value in part.items():
+            total[key] = total.get(key, 0.0) + value
+    return {k: total[k] / total["#" + k] for k in sorted(total) if not k.startswith("#")}
+
+
 def print0(*args, **kwargs) -> None:
     if not _active() or dist.get_rank() == 0:
         print(*args, **kwargs, flush=True)
@@ -111,16 +121,14 @@ def shardable_blocks(model: nn.Module) -> list[nn.Module]:
     whole vision tower (its patch embedding and merger), which training calls on its own to encode
     each prompt's images once.
     """
-    from .models import vision_tower
+    from .families import vision_tower  # a bare HF model, or the training root PolicyModel (`.hf`)
 
     suffixes = ("DecoderLayer", "VisionBlock", "EncoderLayer", "VisionEncoderLayer")
     blocks = [m for m in model.modules() if type(m).__name__.endswith(suffixes)]
-    for owner in (model, getattr(model, "hf", None)):  # a bare HF model, or the training root PolicyModel
-        try:
-            blocks.append(vision_tower(owner))
-            break
-        except (ValueError, TypeError):
-            continue
+    try:
+        blocks.append(vision_tower(model))
+    except ValueError:
+        pass
     return blocks
 
 
@@ -185,3 +193,27 @@ def gathered_for_generation(model: nn.Module, reshard_after_forward: bool = True
             unit.reshard()
         for unit in inner:
             unit.set_reshard_after_forward(reshard_after_forward, recurse=False)
+
+
+def shard_for_training(policy: nn.Module, reference: nn.Module | None, device: torch.device, *, fsdp: bool,
+                       reshard_after_forward: bool, ref_cpu_offload: bool):
+    """FSDP2 over the ranks (bf16 compute on GPU) for the policy and the frozen reference; a world of
+    one runs the plain modules."""
+    world_size = dist.get_world_size() if _active() else 1
+    if world_size == 1 or not fsdp:
+        if world_size > 1:
+            raise SystemExit("config error: distributed.fsdp=false is only supported in a world of one")
+        return policy, reference
+    param_dtype = torch.bfloat16 if device.type == "cuda" else None
+    policy = shard_model(policy, param_dtype=param_dtype, reshard_after_forward=reshard_after_forward)
+    if reference is not None:
+        reference = shard_model(reference, param_dtype=param_dtype, cpu_offload=ref_cpu_offload)
+    return policy, reference
+
+
+def bf16_autocast(model_dtype: str, device: torch.device):
+    """bf16 compute over an fp32 policy on a single GPU (`model.dtype: auto`); under FSDP2 its
+    mixed-precision policy does this instead, and on CPU everything stays fp32."""
+    if model_dtype == "auto" and device.type == "cuda" and not _active():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

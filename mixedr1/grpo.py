@@ -1,4 +1,4 @@
-"""GRPO as two pure functions: group-relative advantages and the clipped policy loss (SPEC §4).
+"""GRPO as two pure functions: group-relative advantages and the clipped policy loss (docs/method.md §4).
 
 `group_advantages` turns the `[B*G]` rewards of B groups of G completions into advantages;
 `grpo_policy_loss` is the per-token DeepSeekMath objective, negated (we minimise), with the k3 KL
@@ -11,7 +11,7 @@ sequences / tokens divided by normalisers of the WHOLE step (`num_sequences`, `n
 and so do their gradients, whatever the split and whatever `loss_agg`. Averaging per micro-batch
 means instead would weight a token by the size of the micro-batch it happened to land in.
 
-Departures from / readings of the paper, all SPEC §4 Decisions or options:
+Departures from / readings of the paper, all docs/method.md §4 Decisions or options:
 - std is the unbiased one by default (`std="population"` as an option); `scale="none"` is Dr.GRPO.
 - `loss_agg` offers the paper's sequence-mean of token-means (default), a global token mean, and
   Dr.GRPO's per-sequence token sum over a constant `max_completion_length`.
@@ -38,14 +38,14 @@ def group_advantages(
     scale: Literal["group", "none"] = "group",
     std: Literal["unbiased", "population"] = "unbiased",
 ) -> tuple[torch.Tensor, torch.Tensor]:  # advantages [B*G], zero_variance [B] bool
-    """Group-relative advantage `Â_i = (R_i − mean_G(R)) / (std_G(R) + eps)` (SPEC §4).
+    """Group-relative advantage `Â_i = (R_i − mean_G(R)) / (std_G(R) + eps)` (docs/method.md §4).
 
     `scale="none"` drops the division (Dr.GRPO: `Â_i = R_i − mean_G(R)`). `std="unbiased"` divides
     the squared deviations by G − 1 (TRL, verl), `"population"` by G. A group whose rewards are all
     equal gets advantage exactly 0.0, and is flagged in the returned `zero_variance [B]` mask (it
-    carries no learning signal; SPEC §5 filters such items out of the data).
+    carries no learning signal; docs/method.md §5 filters such items out of the data).
 
-    SPEC's worked example: rewards [0,0,1,0,1,0,0,1] (one group of 8) give the third response
+    The worked example of docs/method.md §4: rewards [0,0,1,0,1,0,0,1] (one group of 8) give the third response
     (1 − 0.375) / (0.518 + 1e-4) ≈ 1.207 unbiased, (1 − 0.375) / (0.484 + 1e-4) ≈ 1.29 population.
     Returns fp32 advantages (fp64 if the rewards are fp64).
     """
@@ -111,9 +111,9 @@ def grpo_policy_loss(
     max_completion_length: int | None = None,
     entropy: torch.Tensor | None = None,  # [N, T] optional, for the stats only
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # loss [] (scalar), stats of detached scalars
-    """Negated GRPO objective of SPEC §4 (DeepSeekMath form), as this micro-batch's contribution.
+    """Negated GRPO objective of docs/method.md §4 (DeepSeekMath form), as this micro-batch's contribution.
 
-    Per token (SPEC §4): `ρ = exp(log π_θ − log π_old)`,
+    Per token (docs/method.md §4): `ρ = exp(log π_θ − log π_old)`,
     `ℓ_{i,t} = −min(ρ Â_i, clip(ρ, 1 − eps_low, 1 + eps_high) Â_i) + β KL_{i,t}`, with the k3
     estimator `KL = exp(log π_ref − log π_θ) − (log π_ref − log π_θ) − 1` (≥ 0). The KL term is
     left out entirely when `ref_logprobs` is None or `beta == 0`.

@@ -1,7 +1,7 @@
-"""Per-token log-probabilities of completion tokens without materialising `[N*T, V]` logits (SPEC §4).
+"""Per-token log-probabilities of completion tokens without materialising `[N*T, V]` logits (docs/method.md §4).
 
 GRPO needs `log π(o_t | q, o_<t)` for every completion token under three policies (current, old,
-reference; SPEC §4 ρ and KL). The obvious way, `log_softmax(h @ W.T).gather(target)`, builds fp32
+reference; docs/method.md §4 ρ and KL). The obvious way, `log_softmax(h @ W.T).gather(target)`, builds fp32
 logits of shape `[N*T, V]`; with Qwen's V = 151936 that is 0.6 MB per token, i.e. gigabytes per
 micro-batch, and autograd keeps it (plus the log-softmax output and the gradients) alive.
 
@@ -169,7 +169,7 @@ def completion_logprobs(
     with_entropy: bool = False,
     lm_head_bias: torch.Tensor | None = None,  # [V]
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """`log softmax((h Wᵀ + b) / τ)[target]` per token, `[N, T]` fp32, chunked over N*T (SPEC §4).
+    """`log softmax((h Wᵀ + b) / τ)[target]` per token, `[N, T]` fp32, chunked over N*T (docs/method.md §4).
 
     The caller does the shift: `hidden_states[:, t]` is the state whose next-token distribution
     scores `target_ids[:, t]` (for a causal LM, hidden states at positions P-1 … P+T-2 and the
@@ -177,7 +177,7 @@ def completion_logprobs(
     out downstream with the completion mask (their target ids must be in [0, V)).
 
     `temperature` divides the logits: use the sampling temperature so that log π matches the policy
-    that generated the completions (SPEC §4 samples at 1.0).
+    that generated the completions (docs/method.md §4 samples at 1.0).
 
     Returns `logprobs [N, T]`, or `(logprobs [N, T], entropy [N, T])` when `with_entropy`; entropy is
     `-Σ_v p_v log p_v` of the tempered distribution, detached (no gradient flows through it).

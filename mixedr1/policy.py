@@ -27,12 +27,9 @@ import torch
 from torch import nn
 
 from .logprobs import completion_logprobs
-from .models import vision_tower
+from .families import family_of, vision_tower
+from .data.batch import pixels_for_prompts
 from .positions import append_text_positions, mrope_position_ids
-
-
-def uses_mrope(hf_model: nn.Module) -> bool:
-    return getattr(hf_model.config, "model_type", "") in ("qwen2_vl", "qwen2_5_vl")
 
 
 def image_token_id(hf_model: nn.Module) -> int:
@@ -46,12 +43,12 @@ def image_token_id(hf_model: nn.Module) -> int:
 def image_features(
     hf_model: nn.Module,
     pixel_values: torch.Tensor,  # [S, C] Qwen patches of all images (or [num_tiles, 3, H, W] for InternVL)
-    image_grid_thw: torch.Tensor | None,  # [I, 3] (InternVL: unused)
+    image_layout: torch.Tensor | None,  # [I, 3] Qwen's image_grid_thw (InternVL's tiles_per_image: unused)
 ) -> torch.Tensor:  # [K, D] the image tokens' embeddings, images in order
     """Run the vision tower (with its merger/projector) on a batch of images."""
-    if uses_mrope(hf_model):
+    if family_of(hf_model).image_layout == "grid":
         tower = vision_tower(hf_model)
-        out = tower(pixel_values.to(next(tower.parameters()).dtype), grid_thw=image_grid_thw)
+        out = tower(pixel_values.to(next(tower.parameters()).dtype), grid_thw=image_layout)
         # transformers 5 returns an output object whose pooler_output is the merged tokens; 4.x a tensor.
         return out.pooler_output if hasattr(out, "pooler_output") else out
     # Native InternVL: vision tower, pixel shuffle and projector; [num_tiles, image_seq_length, D].
@@ -70,13 +67,13 @@ def split_per_image(features: torch.Tensor, tokens_per_image: list[int]) -> list
     return list(torch.split(features, tokens_per_image))
 
 
-def tokens_per_image(hf_model: nn.Module, image_grid_thw: torch.Tensor) -> list[int]:
-    """Image tokens of each image: t*h*w / merge**2 (Qwen), tiles * image_seq_length (InternVL, whose
-    `image_grid_thw` argument is then `tiles_per_image [I]`)."""
-    if not uses_mrope(hf_model):
-        return (image_grid_thw * hf_model.config.image_seq_length).tolist()
+def tokens_per_image(hf_model: nn.Module, image_layout: torch.Tensor) -> list[int]:
+    """Image tokens of each image: t*h*w / merge**2 from Qwen's `image_grid_thw [I, 3]`, or
+    tiles * image_seq_length from InternVL's `tiles_per_image [I]`."""
+    if family_of(hf_model).image_layout == "tiles":
+        return (image_layout * hf_model.config.image_seq_length).tolist()
     merge = hf_model.config.vision_config.spatial_merge_size
-    return (image_grid_thw.prod(-1) // merge**2).tolist()
+    return (image_layout.prod(-1) // merge**2).tolist()
 
 
 @dataclass
@@ -103,7 +100,7 @@ def build_sequences(
     hf_model: nn.Module,
     prompt_ids: torch.Tensor,  # [B, P] left-padded
     prompt_mask: torch.Tensor,  # [B, P]
-    image_grid_thw: torch.Tensor | None,  # [I, 3]
+    image_layout: torch.Tensor | None,  # [I, 3] Qwen's image_grid_thw (1-D families: unused)
     completion_ids: torch.Tensor,  # [N, T] right-padded (pad is a valid id)
     completion_mask: torch.Tensor,  # [N, T]
     prompt_index: torch.Tensor,  # [N]
@@ -112,9 +109,9 @@ def build_sequences(
     T = completion_ids.shape[1]
     input_ids = torch.cat([prompt_ids[prompt_index], completion_ids], dim=1)  # [N, P+T]
     attention_mask = torch.cat([prompt_mask[prompt_index], completion_mask.to(prompt_mask.dtype)], dim=1)
-    if uses_mrope(hf_model):
+    if family_of(hf_model).mrope:
         merge = hf_model.config.vision_config.spatial_merge_size
-        prompt_pos, next_pos = mrope_position_ids(prompt_ids, prompt_mask, image_grid_thw, image_token_id(hf_model), merge)
+        prompt_pos, next_pos = mrope_position_ids(prompt_ids, prompt_mask, image_layout, image_token_id(hf_model), merge)
         position_ids = append_text_positions(prompt_pos[:, prompt_index], next_pos[prompt_index], T)  # [3, N, P+T]
     else:
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [N, P+T]
@@ -130,17 +127,29 @@ def row_image_embeds(
     return torch.cat(parts) if parts else None
 
 
+def image_embeds_for(policy: "PolicyModel", batch, mb: "SequenceBatch", frozen_features: list[torch.Tensor] | None) -> torch.Tensor | None:
+    """The image features `[K, D]` of a micro-batch's rows (of `batch`, a `PromptBatch`): the shared
+    frozen ones, or encoded now with grad (each prompt's images once, however many rows share it)."""
+    if frozen_features is not None:
+        return row_image_embeds(frozen_features, mb.prompt_index)
+    prompts = torch.unique(mb.prompt_index)
+    pixels, grid = pixels_for_prompts(batch, prompts)
+    feats = features_per_prompt(policy.hf, pixels, grid, batch.images_per_prompt[prompts].tolist())
+    lookup = {int(p): f for p, f in zip(prompts, feats)}
+    return torch.cat([lookup[int(p)] for p in mb.prompt_index]) if feats else None
+
+
 def features_per_prompt(
     hf_model: nn.Module,
     pixel_values: torch.Tensor | None,
-    image_grid_thw: torch.Tensor | None,  # [I, 3], or InternVL's tiles_per_image [I]
+    image_layout: torch.Tensor | None,  # [I, 3] Qwen's image_grid_thw, or InternVL's tiles_per_image [I]
     images_per_prompt: list[int],  # [B]
 ) -> list[torch.Tensor]:
     """Encode every image once and group the features by prompt: B entries of `[k_b, D]`."""
     hidden = hf_model.config.get_text_config().hidden_size
-    if pixel_values is None or image_grid_thw is None or sum(images_per_prompt) == 0:
+    if pixel_values is None or image_layout is None or sum(images_per_prompt) == 0:
         return [torch.zeros(0, hidden) for _ in images_per_prompt]
-    per_image = split_per_image(image_features(hf_model, pixel_values, image_grid_thw), tokens_per_image(hf_model, image_grid_thw))
+    per_image = split_per_image(image_features(hf_model, pixel_values, image_layout), tokens_per_image(hf_model, image_layout))
     out, start = [], 0
     for count in images_per_prompt:
         chunk = per_image[start : start + count]

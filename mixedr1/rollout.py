@@ -1,4 +1,4 @@
-"""The one KV-cached sampler shared by training (SPEC §4 rollouts), the data engine (SPEC §5) and eval.
+"""The one KV-cached sampler shared by training (docs/method.md §4 rollouts), the data engine (docs/method.md §5) and eval.
 
 `generate_rollout(model, batch, params)` samples `G` completions for each of `B` prompts:
 
@@ -32,7 +32,7 @@
 Sampling (`sample_next_tokens`), and its departures from `model.generate`:
 
 - `sampling_logprobs` is `log_softmax(logits / temperature)` of the FULL vocabulary, gathered at the
-  sampled token: what the trainer's teacher-forced forward computes for `log π_old` (SPEC §4 ρ).
+  sampled token: what the trainer's teacher-forced forward computes for `log π_old` (docs/method.md §4 ρ).
   Top-k / top-p truncation and the vision-token ban below change which token is drawn, not the
   recorded log-prob (as in TRL / verl): with the paper's settings (temperature 1, no truncation)
   the two coincide up to the banned tokens' mass.
@@ -66,18 +66,17 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from mixedr1.data.batch import PromptBatch, pixels_for_prompts, select_image_rows
 from mixedr1.distributed import gathered_for_generation
+from mixedr1.families import UnknownFamily, family_of
 from mixedr1.positions import mrope_position_ids
-
-MROPE_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl")
-POSITIONS_1D_MODEL_TYPES = ("internvl",)
 
 
 @dataclass
 class SamplingParams:
     """How to sample; `RolloutConfig` plus the tokenizer's ids (see `sampling_params_from_config`)."""
 
-    group_size: int = 8  # G: completions per prompt (SPEC §4)
+    group_size: int = 8  # G: completions per prompt (docs/method.md §4)
     max_new_tokens: int = 1024  # T cap
     temperature: float = 1.0  # logits / temperature; also the temperature of `sampling_logprobs`
     top_p: float = 1.0  # nucleus sampling; 1.0 = off
@@ -160,61 +159,49 @@ def _images_per_prompt(
     image_grid_thw: torch.Tensor | None,  # [num_images, 3]
     image_token_id: int,
     spatial_merge_size: int,
-) -> list[list[int]]:
-    """For each prompt, the indices of its images in `image_grid_thw` (images are in row order)."""
+) -> list[int]:
+    """[B] how many images of `image_grid_thw` each prompt has (images are in row order)."""
     tokens_per_image = [] if image_grid_thw is None else (image_grid_thw.prod(-1) // spatial_merge_size**2).tolist()
-    owners: list[list[int]] = []
+    counts: list[int] = []
     image = 0
     for b, count in enumerate((input_ids == image_token_id).sum(dim=1).tolist()):
-        mine = []
+        first = image
         while count > 0:
             if image >= len(tokens_per_image):
                 raise ValueError(f"prompt {b} has image tokens beyond the images of image_grid_thw")
-            mine.append(image)
             count -= tokens_per_image[image]
             image += 1
         if count != 0:
             raise ValueError(f"prompt {b}: its image tokens do not add up to whole images of image_grid_thw")
-        owners.append(mine)
-    return owners
+        counts.append(image - first)
+    return counts
 
 
 def repeat_prompts(batch: Mapping[str, Any], group_size: int, model_config) -> dict[str, torch.Tensor]:
-    """The prompt batch with each prompt repeated `group_size` times (row b*G + g), images included.
+    """The prompt batch with each prompt repeated `group_size` times (row b*G + g), images included:
+    the no-sharing prefill of `share_prefix=False`.
 
-    `pixel_values [sum_patches, C]` and `image_grid_thw [num_images, 3]` are flat over the batch, so
-    they are regrouped per prompt before repeating. This is what a teacher-forced forward over the
-    `B*G` completions needs, and the no-sharing prefill of `share_prefix=False`. InternVL's
-    `pixel_values [num_tiles, 3, H, W]` are regrouped by each prompt's tile count (its image tokens /
-    `image_seq_length`).
+    `pixel_values` are flat over the batch, so each prompt's rows are found first: from its image
+    tokens and `image_grid_thw [num_images, 3]` (Qwen), or from its tile count = image tokens /
+    `image_seq_length` (InternVL, `pixel_values [num_tiles, 3, H, W]`).
     """
     input_ids = batch["input_ids"]  # [B, P]
     out = {
         "input_ids": input_ids.repeat_interleave(group_size, dim=0),  # [B*G, P]
         "attention_mask": batch["attention_mask"].repeat_interleave(group_size, dim=0),  # [B*G, P]
     }
-    pixel_values, image_grid_thw = batch.get("pixel_values"), batch.get("image_grid_thw")
+    pixel_values = batch.get("pixel_values")
     if pixel_values is None:
         return out
-    if getattr(model_config, "model_type", None) in POSITIONS_1D_MODEL_TYPES:
-        tiles = (input_ids == model_config.image_token_id).sum(dim=1) // model_config.image_seq_length  # [B]
-        tile_start = torch.cumsum(tiles, 0) - tiles  # [B]
-        tile_rows = [torch.arange(int(tile_start[b]), int(tile_start[b] + tiles[b])) for b in range(len(tiles))
-                     for _ in range(group_size)]
-        out["pixel_values"] = pixel_values[torch.cat(tile_rows).to(pixel_values.device)]  # [G*num_tiles, 3, H, W]
+    rows = torch.arange(input_ids.shape[0]).repeat_interleave(group_size)  # [B*G]
+    if family_of(model_config).image_layout == "tiles":
+        tiles = ((input_ids == model_config.image_token_id).sum(dim=1) // model_config.image_seq_length).cpu()  # [B]
+        # A prompt's tiles taken as one layout entry: only rows per prompt matter here.
+        out["pixel_values"], _ = select_image_rows(pixel_values, tiles[tiles > 0], (tiles > 0).long(), rows)
         return out
-    merge = model_config.vision_config.spatial_merge_size
-    owners = _images_per_prompt(input_ids, image_grid_thw, model_config.image_token_id, merge)
-    patch_offsets = [0] + torch.cumsum(image_grid_thw.prod(-1), 0).tolist()  # [num_images + 1]
-    image_rows, patch_rows = [], []
-    for images in owners:
-        patches = [torch.arange(patch_offsets[i], patch_offsets[i + 1]) for i in images]
-        for _ in range(group_size):
-            image_rows.extend(images)
-            patch_rows.extend(patches)
-    device = pixel_values.device
-    out["image_grid_thw"] = image_grid_thw[torch.tensor(image_rows, dtype=torch.long, device=image_grid_thw.device)]
-    out["pixel_values"] = pixel_values[torch.cat(patch_rows).to(device)] if patch_rows else pixel_values[:0]
+    grid = batch["image_grid_thw"]
+    counts = _images_per_prompt(input_ids, grid, model_config.image_token_id, model_config.vision_config.spatial_merge_size)
+    out["pixel_values"], out["image_grid_thw"] = select_image_rows(pixel_values, grid, counts, rows)
     return out
 
 
@@ -307,11 +294,10 @@ def generate_rollout(
     model's device seeded with `params.seed`); the same generator state gives the same rollout.
     """
     config = model.config
-    if getattr(config, "model_type", None) not in MROPE_MODEL_TYPES + POSITIONS_1D_MODEL_TYPES:
-        raise NotImplementedError(
-            f"generate_rollout supports Qwen2-VL / Qwen2.5-VL (M-RoPE positions) and native InternVL (1-D), "
-            f"not model_type={config.model_type!r}"
-        )
+    try:
+        family_of(config)
+    except UnknownFamily as e:
+        raise NotImplementedError(f"generate_rollout: {e}") from None
     if batch.get("pixel_values_videos") is not None:
         raise NotImplementedError("generate_rollout: video inputs are not supported (Mixed-R1 trains on images)")
     input_ids = batch["input_ids"]
@@ -348,7 +334,7 @@ def _sample(
     device: torch.device,
 ) -> Rollout:
     config = model.config
-    mrope = config.model_type in MROPE_MODEL_TYPES
+    mrope = family_of(config).mrope
     group = params.group_size
     input_ids = batch["input_ids"].to(device)  # [B, P]
     attention_mask = batch.get("attention_mask")
@@ -448,4 +434,50 @@ def _sample(
         sampling_logprobs=sampling_logprobs[:, :steps].contiguous(),
         prompt_index=torch.arange(num_prompts, device=device).repeat_interleave(group),
         finish_reason=finish_reason,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Rollouts of many prompts
+
+
+def rollout_in_chunks(hf, batch: PromptBatch, params: SamplingParams, seed_of_call, prompts_per_call: int) -> Rollout:
+    """Sample in calls of `prompts_per_call` prompts (bounds the KV cache), then stitch the rows.
+
+    Each call's generator is seeded from the global index of its first prompt, so the samples do not
+    depend on how prompts are spread over ranks (when prompts_per_call divides each rank's share).
+    """
+    B = batch.input_ids.shape[0]
+    parts = []
+    for start in range(0, B, prompts_per_call):
+        prompts = torch.arange(start, min(B, start + prompts_per_call), device=batch.input_ids.device)
+        pixels, layout = pixels_for_prompts(batch, prompts)
+        keep = batch.attention_mask[prompts].any(0)  # drop columns that are padding in every prompt of the call
+        inputs = {"input_ids": batch.input_ids[prompts][:, keep], "attention_mask": batch.attention_mask[prompts][:, keep],
+                  "pixel_values": pixels}
+        if batch.tiles_per_image is None:  # Qwen's grid; InternVL's tiles need no extra input
+            inputs["image_grid_thw"] = layout
+        elif not pixels.numel():  # InternVL: text-only prompts take no pixel_values at all
+            del inputs["pixel_values"]
+        generator = torch.Generator(device=batch.input_ids.device).manual_seed(seed_of_call(start))
+        parts.append(generate_rollout(hf, inputs, params, generator=generator))
+    if len(parts) == 1:
+        return parts[0]
+    return concat_rollouts(parts, params.pad_token_id)
+
+
+def concat_rollouts(parts: list[Rollout], pad_token_id: int) -> Rollout:
+    """One Rollout from consecutive calls: completions right-padded to the longest, prompt indices offset."""
+    T = max(p.completion_ids.shape[1] for p in parts)
+    pad = lambda t, value: torch.nn.functional.pad(t, (0, T - t.shape[1]), value=value)  # noqa: E731
+    prompt_offset, prompt_index = 0, []
+    for p in parts:
+        prompt_index.append(p.prompt_index + prompt_offset)
+        prompt_offset += int(p.prompt_index.max()) + 1
+    return Rollout(
+        completion_ids=torch.cat([pad(p.completion_ids, pad_token_id) for p in parts]),
+        completion_mask=torch.cat([pad(p.completion_mask, 0) for p in parts]),
+        sampling_logprobs=torch.cat([pad(p.sampling_logprobs, 0.0) for p in parts]),
+        prompt_index=torch.cat(prompt_index),
+        finish_reason=[r for p in parts for r in p.finish_reason],
     )

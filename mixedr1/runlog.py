@@ -97,3 +97,10 @@ class RunLog:
         for handler in list(self.logger.handlers):
             handler.close()
             self.logger.removeHandler(handler)
+
+
+def progress_bar(total: int, initial: int, enabled: bool):
+    """The training progress bar (steps, rate, ETA) on stderr; a silent one when not `enabled`."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, disable=not enabled)

@@ -1,4 +1,4 @@
-"""BMAS (SPEC §3, Eq. 3-4) and the bipartite ablation against slow, obvious references."""
+"""BMAS (docs/method.md §3, Eq. 3-4) and the bipartite ablation against slow, obvious references."""
 
 import itertools
 import math
@@ -258,7 +258,7 @@ def test_bipartite_never_above_bmas(seed, N, M, D, shared_truth):
 
 
 def test_bipartite_can_exceed_bmas_with_unequal_lengths():
-    """Hand case for the SPEC §3 Decision: response [x], truth [x, -x].
+    """Hand case for the docs/method.md §3 Decision: response [x], truth [x, -x].
     BMAS: row 1 + columns (1 + -1)/2 = 1. Bipartite: one pair (x, x): 1/1 + 1/2 = 1.5."""
     response = torch.tensor([[[1.0, 0.0]]])  # [1, 1, 2]
     truth = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])  # [2, 2]

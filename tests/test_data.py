@@ -1,4 +1,4 @@
-"""The JSONL schema and its errors (SPEC §1), the Table 2/3 filters, prompts (SPEC §2), synthetic data
+"""The JSONL schema and its errors (docs/method.md §1), the Table 2/3 filters, prompts (docs/method.md §2), synthetic data
 with exact answers, and collation (pixel rows <-> prompts)."""
 
 import hashlib
@@ -20,19 +20,36 @@ from mixedr1.data import (
     build_sft_target,
     collate,
     load_records,
-    mm_token_type_ids_from_ids,
     patches_per_prompt,
     pixels_for_prompts,
-    prompt_of_pixel_row,
     prompt_text,
     render_prompt,
-    repeat_pixels_for_group,
     scale_by_category,
     select_problem_types,
     write_synthetic_dataset,
 )
 from mixedr1.data.synth import COLORS, caption
-from mixedr1.models import build_tiny_model, load_model, load_processor, resized_image_size
+from mixedr1.data.frame import resized_image_size
+from mixedr1.models import load_model, load_processor
+from mixedr1.models.tiny import build_tiny_model
+
+
+# Test-only views of a batch (the code itself needs neither).
+
+
+def prompt_of_pixel_row(image_grid_thw, images_per_prompt) -> torch.Tensor:
+    """[sum_patches] the prompt index of every `pixel_values` row."""
+    rows = patches_per_prompt(image_grid_thw, images_per_prompt)  # [B]
+    return torch.repeat_interleave(torch.arange(rows.shape[0]), rows)
+
+
+def mm_token_type_ids_from_ids(input_ids: torch.Tensor, image_token_id: int, video_token_id: int | None = None) -> torch.Tensor:
+    """[N, L] 1 at image tokens, 2 at video tokens, 0 elsewhere: what the processor returns, for any
+    sequence (e.g. prompt + completion) the model must place with 3-D M-RoPE positions."""
+    types = (input_ids == image_token_id).long()
+    if video_token_id is not None:
+        types = types + 2 * (input_ids == video_token_id).long()
+    return types
 
 
 @pytest.fixture(scope="module")
@@ -349,7 +366,7 @@ def test_collate_maps_pixel_rows_to_prompts(mixed_records, processor, tiny_dir):
         assert torch.equal(batch.input_ids[b, -n:], alone.input_ids[0])
 
     G = 3
-    pixels, grid = repeat_pixels_for_group(batch, G)
+    pixels, grid = pixels_for_prompts(batch, torch.arange(batch.input_ids.shape[0]).repeat_interleave(G))
     assert pixels.shape == (G * batch.pixel_values.shape[0], batch.pixel_values.shape[1])
     assert grid.shape == (G * 4, 3)
     assert torch.equal(pixels[: G * rows[0]], batch.pixel_values[: rows[0]].repeat(G, 1))
@@ -360,12 +377,12 @@ def test_collate_maps_pixel_rows_to_prompts(mixed_records, processor, tiny_dir):
 
 
 def test_forward_over_group_copies_matches_the_prompt_batch(mixed_records, processor, tiny_dir):
-    """B*G sequences with `repeat_pixels_for_group` give each sample its own prompt's logits."""
+    """B*G sequences with `pixels_for_prompts` over the repeated prompts give each sample its own prompt's logits."""
     model = load_model(tiny_dir)
     batch = collate(mixed_records, processor)
     assert torch.equal(batch.mm_token_type_ids, mm_token_type_ids_from_ids(batch.input_ids, processor.image_token_id, processor.video_token_id))
     G = 2
-    pixels, grid = repeat_pixels_for_group(batch, G)
+    pixels, grid = pixels_for_prompts(batch, torch.arange(batch.input_ids.shape[0]).repeat_interleave(G))
     input_ids = batch.input_ids.repeat_interleave(G, 0)  # [B*G, P]
     with torch.no_grad():
         per_prompt = model(**batch.model_inputs()).logits  # [B, P, V]
@@ -393,7 +410,8 @@ def test_grounding_hint_follows_the_processors_box_frame(tmp_path):
     """Qwen answers in pixels of the resized image; InternVL in 0-1000 normalised coordinates."""
     from mixedr1.data.prompt import NORMALISED_BOX_HINT, render_prompt
     from mixedr1.data.synth import write_synthetic_dataset
-    from mixedr1.models import build_tiny_model, load_processor
+    from mixedr1.models import load_processor
+    from mixedr1.models.tiny import build_tiny_model
 
     paths = write_synthetic_dataset(tmp_path / "data", 1, seed=0)
     records, _ = load_records(paths.train, paths.root)

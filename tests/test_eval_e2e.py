@@ -34,7 +34,7 @@ def data_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    from mixedr1.models import build_tiny_model
+    from mixedr1.models.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
 

@@ -109,7 +109,7 @@ def test_paper_numbers_cover_the_registry_and_their_averages():
             if "avg" in numbers and (name, row) not in AVG_DIFFERS_IN_PAPER:
                 rest = [v for k, v in numbers.items() if k != "avg"]
                 assert numbers["avg"] == pytest.approx(sum(rest) / len(rest), abs=0.07), (name, row)
-    assert PAPER["table1"]["qwen25vl_7b_mixed_r1"]["mathvision"] == 30.3  # spot checks against SPEC §6
+    assert PAPER["table1"]["qwen25vl_7b_mixed_r1"]["mathvision"] == 30.3  # spot checks against docs/method.md §6
     assert PAPER["table4"]["bmas"] == {"avg": 44.7, "mathvista": 57.4, "mathvision": 20.1, "mmmu": 47.0, "mmstar": 54.3}
 
 

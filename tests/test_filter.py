@@ -1,4 +1,4 @@
-"""The data engine (SPEC §5) and the mix composer on synthetic data and the tiny model.
+"""The data engine (docs/method.md §5) and the mix composer on synthetic data and the tiny model.
 
 Scripted responses give groups constant or spread by construction; the "parity" sampler runs the
 real sampler and maps each sampled text to a right or a wrong answer by a hash, so kept sets are
@@ -19,10 +19,11 @@ import pytest
 
 from mixedr1.config import PROBLEM_TYPES
 from mixedr1.data import compose as compose_cli
-from mixedr1.data import filter as filter_cli
+from mixedr1 import data_engine as filter_cli
 from mixedr1.data.prompt import model_frame_box
 from mixedr1.data.synth import write_synthetic_dataset
-from mixedr1.models import build_tiny_model, load_processor
+from mixedr1.models import load_processor
+from mixedr1.models.tiny import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_SAMPLER = filter_cli.sample_completions
@@ -224,8 +225,8 @@ def test_two_ranks_keep_what_one_process_keeps(uninterrupted, tiny, data, tmp_pa
         f"sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]\n"
         "from test_filter import install_parity_sampler\n"
         "install_parity_sampler()\n"
-        "from mixedr1.data import filter\n"
-        "filter.main(sys.argv[1:], poll_s=0.1)\n"
+        "from mixedr1 import data_engine\n"
+        "data_engine.main(sys.argv[1:], poll_s=0.1)\n"
     )
     out = tmp_path / "kept.jsonl"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),

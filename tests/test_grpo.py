@@ -1,4 +1,4 @@
-"""GRPO advantages and policy loss (SPEC §4) against hand-computed values and a slow reference."""
+"""GRPO advantages and policy loss (docs/method.md §4) against hand-computed values and a slow reference."""
 
 import math
 import statistics
@@ -26,7 +26,7 @@ def test_advantages_spec_worked_example():
     assert std_population == pytest.approx(0.4841229, abs=1e-7)
     assert unbiased[2].item() == pytest.approx((1 - mean) / (std_unbiased + 1e-4), abs=1e-6)
     assert population[2].item() == pytest.approx((1 - mean) / (std_population + 1e-4), abs=1e-6)
-    assert round(unbiased[2].item(), 3) == 1.207  # SPEC §4's numbers
+    assert round(unbiased[2].item(), 3) == 1.207  # docs/method.md §4's numbers
     assert round(population[2].item(), 2) == 1.29
     assert unbiased[0].item() == pytest.approx(-mean / (std_unbiased + 1e-4), abs=1e-6)
     assert zero_var.tolist() == [False]
@@ -90,7 +90,7 @@ def test_advantages_validate_shapes():
 
 
 def reference_loss(logprobs, old, ref, advantages, mask, *, eps_low, eps_high, beta, loss_agg, max_len=None):
-    """SPEC §4 term by term: one scalar at a time; autograd through the scalar ops gives the gradient."""
+    """docs/method.md §4 term by term: one scalar at a time; autograd through the scalar ops gives the gradient."""
     n, t = mask.shape
     sequence_terms, total, num_tokens = [], 0.0, 0
     for i in range(n):

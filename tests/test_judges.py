@@ -1,4 +1,4 @@
-"""The external-model open-ended rewards of Table 4 (SPEC §3): ModernBERT, Sentence-BERT, LLM judge.
+"""The external-model open-ended rewards of Table 4 (docs/method.md §3): ModernBERT, Sentence-BERT, LLM judge.
 
 Tiny random models are built from configs into tmp dirs and loaded back through the judge code by
 directory; the ModernBERT reward is checked against mean-pool + cosine written out here. One test

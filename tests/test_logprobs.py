@@ -1,4 +1,4 @@
-"""Chunked completion log-probs (SPEC §4 needs log π per token) against the naive log_softmax path."""
+"""Chunked completion log-probs (docs/method.md §4 needs log π per token) against the naive log_softmax path."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""The tiny Qwen2.5-VL, loading, the image-only processor, and the model's image frame (SPEC §2, §3)."""
+"""The tiny Qwen2.5-VL, loading, the image-only processor, and the model's image frame (docs/method.md §2, §3)."""
 
 import numpy as np
 import pytest
@@ -7,20 +7,18 @@ from PIL import Image, ImageDraw
 from transformers import AutoModelForImageTextToText
 
 from mixedr1.config import ModelConfig
+from mixedr1.data.frame import resize_to_model_frame, resized_image_size, scale_box_to_model_frame
+from mixedr1.families import vision_tower
 from mixedr1.models import (
-    QwenVLImageOnlyProcessor,
-    build_tiny_model,
     freeze_vision_tower,
     load_model,
     load_policy_and_processor,
     load_processor,
-    resize_to_model_frame,
-    resized_image_size,
     resolve_attn_implementation,
     resolve_dtype,
-    scale_box_to_model_frame,
-    vision_tower,
 )
+from mixedr1.models.processors import QwenVLImageOnlyProcessor
+from mixedr1.models.tiny import build_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +250,8 @@ def test_tiny_internvl_processor_expands_tiles_like_internvl_processor(tmp_path)
     """InternVLProcessor's rule, checked by hand (it cannot be built here: it needs a video processor):
     each image placeholder becomes <img> + image_seq_length * tiles <IMG_CONTEXT> + </img>, tiles from
     the GOT-OCR2 dynamic tiling (grid + thumbnail), pixel_values the image processor's own output."""
-    from mixedr1.models import INTERNVL_BOX_FRAME, InternVLImageOnlyProcessor
+    from mixedr1.families import NORMALISED_BOX_FRAME as INTERNVL_BOX_FRAME
+    from mixedr1.models.processors import InternVLImageOnlyProcessor
 
     path = build_tiny_model(tmp_path / "internvl", family="internvl")
     processor = load_processor(path)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mixedr1.models import build_tiny_model, load_model, load_processor
+from mixedr1.models import load_model, load_processor
+from mixedr1.models.tiny import build_tiny_model
 from mixedr1.policy import PolicyModel, build_sequences, features_per_prompt, row_image_embeds
 
 

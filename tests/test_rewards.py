@@ -1,4 +1,4 @@
-"""Text rewards of SPEC §3 against hand-computed values, and property tests on untrusted text."""
+"""Text rewards of docs/method.md §3 against hand-computed values, and property tests on untrusted text."""
 
 import json
 import math
@@ -217,7 +217,7 @@ def test_cli_open_ended_with_bmas_and_a_judge(tmp_path, capsys):
     import importlib.util
     from pathlib import Path
 
-    from mixedr1.models import build_tiny_model
+    from mixedr1.models.tiny import build_tiny_model
 
     model_dir = build_tiny_model(tmp_path / "tiny")
     cli_main(["--problem-type", "open_ended", "--answer", "a red circle", "--model", str(model_dir),

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mixedr1.models import build_tiny_model, enable_gradient_checkpointing, load_model, load_processor
+from mixedr1.models import enable_gradient_checkpointing, load_model, load_processor
+from mixedr1.models.tiny import build_tiny_model
 from mixedr1.rollout import (
     Rollout,
     SamplingParams,

@@ -147,9 +147,10 @@ def test_policy_learns_a_reachable_reward(tmp_path, monkeypatch):
 
     def shorter_is_better(batch, texts, G, cfg, ctx):
         rewards = [-len(t) / 10 for t in texts]
-        return torch.tensor(rewards), [RewardBreakdown(r, 0.0, r, "length") for r in rewards]
+        breakdowns = [RewardBreakdown(r, 0.0, r, "length") for r in rewards]
+        return [breakdowns[b * G : (b + 1) * G] for b in range(len(texts) // G)]
 
-    monkeypatch.setattr(train, "score_rollout", shorter_is_better)
+    monkeypatch.setattr(train, "score_groups", shorter_is_better)
     cfg_path = write_config(
         tmp_path, "learn", grpo={"beta": 0.0}, optim={"lr": 1.0e-2},
         rollout={"group_size": 8, "max_new_tokens": 8, "prompts_per_batch": 4},
@@ -183,7 +184,8 @@ def test_grpo_runs_on_a_tiny_native_internvl(tmp_path):
     """train.py with `model.path` = a tiny native InternVL (1-D positions, tiles): the SFT warm-up step
     (boxes in InternVL's 0-1000 frame) then 2 GRPO steps with finite losses, weights moved, and a
     checkpoint our loader reads back as InternVL."""
-    from mixedr1.models import InternVLImageOnlyProcessor, build_tiny_model, load_processor
+    from mixedr1.models.processors import InternVLImageOnlyProcessor, load_processor
+    from mixedr1.models.tiny import build_tiny_model
 
     model_dir = build_tiny_model(tmp_path / "internvl", seed=0, family="internvl")
     cfg_path = write_config(tmp_path, "internvl", model={"path": str(model_dir)}, checkpoint={"every": 3})

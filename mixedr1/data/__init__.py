@@ -1,13 +1,11 @@
-"""Data: the canonical JSONL schema (SPEC §1), prompts (SPEC §2), synthetic data, batching."""
+"""Data: the canonical JSONL schema (docs/method.md §1), prompts (docs/method.md §2), synthetic data, batching."""
 
 from mixedr1.data.batch import (
     PromptBatch,
     collate,
-    mm_token_type_ids_from_ids,
     patches_per_prompt,
     pixels_for_prompts,
-    prompt_of_pixel_row,
-    repeat_pixels_for_group,
+    select_image_rows,
 )
 from mixedr1.data.dataset import (
     DataError,
@@ -34,7 +32,7 @@ from mixedr1.data.synth import SynthPaths, write_synthetic_dataset
 __all__ = [
     "ANSWER_HINTS", "INSTRUCTION", "DataError", "LoadReport", "PromptBatch", "Record", "SynthPaths",
     "build_messages", "build_sft_target", "collate", "load_records", "load_training_records",
-    "mm_token_type_ids_from_ids", "model_frame_box", "patches_per_prompt", "pixels_for_prompts",
-    "prompt_of_pixel_row", "prompt_text", "reference_answer", "render_prompt", "repeat_pixels_for_group",
+    "model_frame_box", "patches_per_prompt", "pixels_for_prompts",
+    "prompt_text", "reference_answer", "render_prompt", "select_image_rows",
     "resolve_data_path", "scale_by_category", "select_problem_types", "write_synthetic_dataset",
 ]

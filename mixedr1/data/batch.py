@@ -5,7 +5,7 @@ rows of every image, image after image in prompt order, and `image_grid_thw[k] =
 image k has t*h*w rows. The language model then has t*h*w / merge_size**2 `<|image_pad|>` tokens
 for it, filled in order. So each prompt's pixels are kept ONCE here (B prompts, not B*G samples);
 `patches_per_prompt` finds a prompt's rows (a prompt may have several images), and
-`pixels_for_prompts` / `repeat_pixels_for_group` copy rows only for a forward that really runs one
+`pixels_for_prompts` copies rows only for a forward that really runs one
 sequence per sample (log-probs of B*G completions each behind its prompt's image tokens).
 
 Native InternVL instead takes `pixel_values [num_tiles, 3, H, W]`: each image is cut into 1 or more
@@ -16,7 +16,7 @@ uses, and the row bookkeeping below works on either (rows of an image = t*h*w, o
 
 transformers 5 needs `mm_token_type_ids` (1 at image tokens) to build Qwen's 3-D M-RoPE positions;
 without it the model silently falls back to 1-D positions. `model_inputs()` passes it when the
-processor made it, and `mm_token_type_ids_from_ids` rebuilds it for prompt+completion sequences.
+processor made it (the training forward passes explicit positions instead, `mixedr1.positions`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Optional, Sequence
 import torch
 
 from mixedr1.data.dataset import Record
-from mixedr1.data.prompt import render_prompt
-from mixedr1.models import resized_image_size
+from mixedr1.data.prompt import build_sft_target, render_prompt
+from mixedr1.data.frame import resized_image_size
 
 
 @dataclass
@@ -40,7 +40,7 @@ class PromptBatch:
     attention_mask: torch.Tensor  # [B, P] 0 on padding
     pixel_values: torch.Tensor  # [sum_patches, C*temporal_patch*patch*patch] all images' rows, prompt-major
     image_grid_thw: torch.Tensor  # [num_images, 3] (t, h, w) patches per image, same order as pixel rows
-    images_per_prompt: torch.Tensor  # [B] how many images each prompt has (>= 1 in SPEC §1 data)
+    images_per_prompt: torch.Tensor  # [B] how many images each prompt has (>= 1 in docs/method.md §1 data)
     mm_token_type_ids: Optional[torch.Tensor]  # [B, P] 1 at image tokens, 0 elsewhere (None if not produced)
     records: list[Record]  # [B]
     prompt_texts: list[str]  # [B] the rendered chat prompts
@@ -167,10 +167,22 @@ def patches_per_prompt(image_grid_thw: torch.Tensor, images_per_prompt: torch.Te
     return torch.zeros(counts.shape[0], dtype=torch.long).index_add_(0, prompt_of_image, rows_per_image.long().cpu())
 
 
-def prompt_of_pixel_row(image_grid_thw: torch.Tensor, images_per_prompt: torch.Tensor | Sequence[int]) -> torch.Tensor:
-    """[sum_patches] the prompt index of every `pixel_values` row."""
-    rows = patches_per_prompt(image_grid_thw, images_per_prompt)  # [B]
-    return torch.repeat_interleave(torch.arange(rows.shape[0]), rows)
+def select_image_rows(
+    pixel_values: torch.Tensor,  # [S, ...] the pixel rows of every image, prompt-major
+    image_layout: torch.Tensor,  # [I, 3] image_grid_thw (rows of an image = t*h*w) or [I] tiles per image
+    images_per_prompt: torch.Tensor | Sequence[int],  # [B]
+    prompt_index: torch.Tensor | Sequence[int],  # [N] prompts to take, repeats allowed, any order
+) -> tuple[torch.Tensor, torch.Tensor]:  # pixel rows of those prompts in that order, and their layout rows
+    """The pixel rows and layout entries of the prompts `prompt_index`, in that order (copied)."""
+    prompt_index = torch.as_tensor(prompt_index, dtype=torch.long).cpu()  # [N]
+    counts = torch.as_tensor(images_per_prompt, dtype=torch.long).cpu()  # [B]
+    rows = patches_per_prompt(image_layout.cpu(), counts)  # [B]
+    row_start = torch.cumsum(rows, 0) - rows  # [B]
+    image_start = torch.cumsum(counts, 0) - counts  # [B]
+    empty = torch.zeros(0, dtype=torch.long)
+    row_index = torch.cat([empty] + [torch.arange(row_start[b], row_start[b] + rows[b]) for b in prompt_index.tolist()])
+    image_index = torch.cat([empty] + [torch.arange(image_start[b], image_start[b] + counts[b]) for b in prompt_index.tolist()])
+    return pixel_values[row_index.to(pixel_values.device)], image_layout[image_index.to(image_layout.device)]
 
 
 def pixels_for_prompts(batch: PromptBatch, prompt_index: torch.Tensor | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,32 +190,18 @@ def pixels_for_prompts(batch: PromptBatch, prompt_index: torch.Tensor | Sequence
     (repeats allowed, any order): e.g. one micro-batch of completions. The layout is
     `image_grid_thw` for Qwen, `tiles_per_image` for InternVL (`PromptBatch.image_layout`). Rows are
     copied, so call it per micro-batch rather than for all B*G samples at once."""
-    prompt_index = torch.as_tensor(prompt_index, dtype=torch.long).cpu()  # [N]
-    counts = batch.images_per_prompt.cpu()  # [B]
-    layout = batch.image_layout  # [num_images, 3] or [num_images]
-    rows = patches_per_prompt(layout.cpu(), counts)  # [B]
-    row_start = torch.cumsum(rows, 0) - rows  # [B]
-    image_start = torch.cumsum(counts, 0) - counts  # [B]
-    row_index = torch.cat([torch.arange(row_start[b], row_start[b] + rows[b]) for b in prompt_index.tolist()])
-    image_index = torch.cat([torch.arange(image_start[b], image_start[b] + counts[b]) for b in prompt_index.tolist()])
-    device = batch.pixel_values.device
-    return batch.pixel_values[row_index.to(device)], layout[image_index.to(layout.device)]
+    return select_image_rows(batch.pixel_values, batch.image_layout, batch.images_per_prompt, prompt_index)
 
 
-def repeat_pixels_for_group(batch: PromptBatch, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixels for B*G sequences ordered prompt-major (sample i = prompt i // G, i.e. the order of
-    `input_ids.repeat_interleave(G, 0)`): `pixel_values` [G*sum_patches, D], `image_grid_thw`
-    [G*num_images, 3]. Only for a forward that runs all B*G sequences at once; `generate` with
-    `num_return_sequences=G` expands the pixels itself, and micro-batches should use
-    `pixels_for_prompts` on their own rows."""
-    B = batch.input_ids.shape[0]
-    return pixels_for_prompts(batch, torch.arange(B).repeat_interleave(group_size))
-
-
-def mm_token_type_ids_from_ids(input_ids: torch.Tensor, image_token_id: int, video_token_id: Optional[int] = None) -> torch.Tensor:
-    """[N, L] 1 at image tokens, 2 at video tokens, 0 elsewhere: what the processor returns, for any
-    sequence (e.g. prompt + completion) the model must place with 3-D M-RoPE positions."""
-    types = (input_ids == image_token_id).long()
-    if video_token_id is not None:
-        types = types + 2 * (input_ids == video_token_id).long()
-    return types
+def sft_completions(records: Sequence[Record], processor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SFT targets `<think>…</think><answer>ground truth</answer><eos>` of `records` as completions:
+    `completion_ids [B, T]` right-padded with the pad token, `completion_mask [B, T]`."""
+    tokenizer = processor.tokenizer
+    targets = [tokenizer(build_sft_target(r, processor), add_special_tokens=False).input_ids + [eos_token_id] for r in records]
+    T = max(len(t) for t in targets)
+    completion_ids = torch.full((len(targets), T), tokenizer.pad_token_id, dtype=torch.long)
+    completion_mask = torch.zeros(len(targets), T, dtype=torch.long)
+    for i, target in enumerate(targets):
+        completion_ids[i, : len(target)] = torch.tensor(target)
+        completion_mask[i, : len(target)] = 1
+    return completion_ids, completion_mask

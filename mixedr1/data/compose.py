@@ -1,4 +1,4 @@
-"""Compose the training mix from filtered items: so many items of each problem type (SPEC §1, Table 3).
+"""Compose the training mix from filtered items: so many items of each problem type (docs/method.md §1, Table 3).
 
     python -m mixedr1.data.compose --in KEPT.jsonl [MORE.jsonl ...] --out MIX.jsonl \\
         (--counts yorn=9000,mcq=20000,chart=6000,grounding=5000,open_ended=5000 | --preset mixed45k) \\

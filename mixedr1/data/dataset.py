@@ -1,4 +1,4 @@
-"""The canonical JSONL schema of SPEC §1, its loader, and the data-mixture ablations (Tables 2, 3).
+"""The canonical JSONL schema of docs/method.md §1, its loader, and the data-mixture ablations (Tables 2, 3).
 
 One JSON object per line:
 
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal, Optional, Union
 
+import torch
 from PIL import Image
 
 from mixedr1.config import PROBLEM_TYPES, DataConfig
@@ -190,7 +191,7 @@ def _parse_record(obj, path: Path, line: int, root: Path) -> Record:
 def load_records(
     path: str | Path, data_root: str | Path, on_bad_record: Literal["error", "skip"] = "error"
 ) -> tuple[list[Record], LoadReport]:
-    """Read and validate a JSONL file of SPEC §1 records whose images live under `data_root`.
+    """Read and validate a JSONL file of docs/method.md §1 records whose images live under `data_root`.
 
     `on_bad_record="error"` raises the first `DataError`; `"skip"` leaves bad records out, counts
     them per reason in the report, and keeps every good one. Blank lines are ignored. Of records
@@ -292,8 +293,38 @@ def load_training_records(data_cfg: DataConfig, seed: int) -> tuple[list[Record]
     """`data.train_file`, filtered to `data.problem_types` and scaled by `data.scale` (Tables 2, 3),
     as the training run uses it."""
     if not data_cfg.train_file:
-        raise ValueError("data.train_file: required (a JSONL in the schema of SPEC §1)")
+        raise ValueError("data.train_file: required (a JSONL in the schema of docs/method.md §1)")
     path = resolve_data_path(data_cfg.data_root, data_cfg.train_file)
     records, report = load_records(path, data_cfg.data_root, data_cfg.on_bad_record)
     records = select_problem_types(records, data_cfg.problem_types)
     return scale_by_category(records, data_cfg.scale, seed), report
+
+
+def load_heldout(cfg: DataConfig) -> list[Record]:
+    """The held-out records of `data.eval_file` (none when unset), of the configured problem types."""
+    if not cfg.eval_file:
+        return []
+    path = resolve_data_path(cfg.data_root, cfg.eval_file)
+    records, _ = load_records(path, cfg.data_root, cfg.on_bad_record)
+    return [r for r in records if r.problem_type in cfg.problem_types]
+
+
+def records_for_step(records: list[Record], step: int, prompts_per_step: int, seed: int, shuffle: bool,
+                     rank: int = 0, world_size: int = 1) -> list[Record]:
+    """This rank's prompts of global step `step`: a seeded permutation per epoch, cut in order.
+
+    A function of the step alone, so a resumed run sees exactly the prompts it would have seen.
+    """
+    per_step, n = prompts_per_step, len(records)
+    if n == 0:
+        raise SystemExit("no training records left after data.problem_types / data.scale")
+    orders: dict[int, list[int]] = {}
+    out = []
+    for position in range(step * per_step, (step + 1) * per_step):
+        epoch, offset = divmod(position, n)
+        if epoch not in orders:
+            generator = torch.Generator().manual_seed(seed + epoch)
+            orders[epoch] = torch.randperm(n, generator=generator).tolist() if shuffle else list(range(n))
+        out.append(records[orders[epoch][offset]])
+    share = per_step // world_size
+    return out[rank * share : (rank + 1) * share]

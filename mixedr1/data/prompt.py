@@ -1,4 +1,4 @@
-"""The prompt of SPEC §2 and the SFT target built from the ground truth.
+"""The prompt of docs/method.md §2 and the SFT target built from the ground truth.
 
 A prompt is the question, the MCQ options lettered `A. ...` one per line, and one fixed instruction
 asking for the reasoning in `<think> </think>` and the final answer in `<answer> </answer>`, with a
@@ -8,13 +8,13 @@ image, rendered by the processor's chat template (Qwen2.5-VL: one
 
 Grounding boxes are asked for, and written in SFT targets, in absolute pixels of the image the
 model sees, i.e. after the processor's resize (Qwen2.5-VL's native convention); the ground truth is
-stored in original pixels (SPEC §1) and mapped with `mixedr1.models.scale_box_to_model_frame`.
+stored in original pixels (docs/method.md §1) and mapped with `mixedr1.data.frame.scale_box_to_model_frame`.
 """
 
 from __future__ import annotations
 
 from mixedr1.data.dataset import Record, option_letter
-from mixedr1.models import InternVLImageOnlyProcessor, resized_image_size, scale_box_to_model_frame
+from mixedr1.data.frame import resized_image_size, scale_box_to_model_frame, uses_normalised_boxes
 
 INSTRUCTION = (
     "First think about the question step by step inside <think> </think> tags, "
@@ -39,7 +39,7 @@ SFT_THOUGHTS = {
 }
 
 
-# InternVL reads and writes boxes normalised to [0, 1000] (mixedr1.models.INTERNVL_BOX_FRAME), not pixels.
+# InternVL reads and writes boxes normalised to [0, 1000] (mixedr1.families.NORMALISED_BOX_FRAME), not pixels.
 NORMALISED_BOX_HINT = "the box [x1, y1, x2, y2] with coordinates normalised to 0-1000 of the image's width and height"
 
 
@@ -63,12 +63,12 @@ def build_messages(record: Record, normalised_boxes: bool = False) -> list[dict]
 def render_prompt(record: Record, processor) -> str:
     """The prompt string through the processor's chat template, ending where the assistant writes.
     The grounding hint follows the processor's box frame: pixels (Qwen) or 0-1000 (InternVL)."""
-    normalised = isinstance(processor, InternVLImageOnlyProcessor)
+    normalised = uses_normalised_boxes(processor)
     return processor.apply_chat_template(build_messages(record, normalised), add_generation_prompt=True, tokenize=False)
 
 
 def model_frame_box(record: Record, processor, orig_hw: tuple[int, int] | None = None) -> list[float]:
-    """The grounding ground truth in the model's frame (the first image's resized pixels, SPEC §3).
+    """The grounding ground truth in the model's frame (the first image's resized pixels, docs/method.md §3).
     `orig_hw` = (height, width) of the first image; read from its file when not given."""
     if record.problem_type != "grounding":
         raise ValueError(f"record {record.id!r}: model_frame_box needs a grounding record, got {record.problem_type}")

@@ -3,7 +3,7 @@
     python -m mixedr1.data.synth --out DIR --n N --seed S [--heldout M]
 
 writes `DIR/train.jsonl` (N items per type), `DIR/heldout.jsonl` (M per type) and PNGs under
-`DIR/images/`, in the schema of SPEC §1 (data root = DIR). Small white images (56-112 px a side)
+`DIR/images/`, in the schema of docs/method.md §1 (data root = DIR). Small white images (56-112 px a side)
 with coloured shapes placed in disjoint grid cells, so nothing overlaps:
 
 - yorn: "Is there a red circle in the image?" (half yes, half no)

@@ -42,7 +42,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "m3cot": Benchmark(benchmarks.load_m3cot, scoring.score_m3cot, scoring.aggregate_by_category("domain"), "accuracy", "M3CoT"),
 }
 
-# The paper's Table 1 columns, in its order (SPEC §6); Avg is their mean.
+# The paper's Table 1 columns, in its order (docs/method.md §6); Avg is their mean.
 TABLE1 = ("mathvista", "mathvision", "mmbench", "mmmu", "mmstar", "ai2d")
 
 __all__ = ["BENCHMARKS", "TABLE1", "Benchmark", "BenchmarkDataError", "EvalItem", "limit_items"]

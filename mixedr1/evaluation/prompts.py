@@ -1,6 +1,6 @@
 """The two evaluation prompts.
 
-- `thinking`: the training prompt of SPEC §2 (the paper's Mixed-R1 rows, "thinking ✓" in Table 1):
+- `thinking`: the training prompt of docs/method.md §2 (the paper's Mixed-R1 rows, "thinking ✓" in Table 1):
   the question, the options lettered `A. …` one per line, then the instruction of
   `mixedr1.data.prompt` (reasoning in `<think> </think>`, answer in `<answer> </answer>`) with the
   mcq hint for multiple choice and the chart hint ("a number or short text") otherwise. Using the
@@ -30,7 +30,7 @@ def lettered_options(options: list[str]) -> list[str]:
 
 
 def thinking_prompt(item: EvalItem) -> str:
-    """SPEC §2: question, `A. …` options, the fixed think/answer instruction with the type's hint."""
+    """docs/method.md §2: question, `A. …` options, the fixed think/answer instruction with the type's hint."""
     hint = ANSWER_HINTS["mcq"] if item.multiple_choice else ANSWER_HINTS["chart"]
     return "\n".join([item.question.strip(), *lettered_options(item.options), INSTRUCTION.format(answer_hint=hint)])
 

@@ -4,7 +4,7 @@ Each benchmark has an item scorer `score_<name>(item, response) -> (extracted, c
 aggregate `aggregate_<name>(records) -> metrics` (percentages in [0, 100]); `records` are the
 per-item dicts eval.py writes (`correct`, `meta`, ...), so a results file can be re-scored offline.
 
-Where the answer is read from. With the thinking prompt (SPEC §2) the model writes
+Where the answer is read from. With the thinking prompt (docs/method.md §2) the model writes
 `<think>…</think><answer>…</answer>`; every scorer first takes the `<answer>` content when present
 (`answer_region`), so the reasoning's intermediate letters and numbers are never read as the
 answer. Without tags (the `direct` prompt) the whole response is the region.

@@ -1,4 +1,4 @@
-"""The Mixed-R1 reward (SPEC §3): R = R_acc + λ·R_fmt, with R_acc chosen by the item's problem type.
+"""The Mixed-R1 reward (docs/method.md §3): R = R_acc + λ·R_fmt, with R_acc chosen by the item's problem type.
 
     problem_type   accuracy reward        range
     yorn, mcq      matching               {0, 1}
@@ -10,7 +10,7 @@
 
 Every accuracy reward is registered in `REWARDS` as a function over a whole group of G responses to
 one item, `fn(answers, target, cfg, embedder) -> [G] floats`, where `answers[i]` is the text inside
-response i's last `<answer>` tag or None (no tag: accuracy 0, SPEC §3). Group-level functions let
+response i's last `<answer>` tag or None (no tag: accuracy 0, docs/method.md §3). Group-level functions let
 BMAS score the group in one fused computation; the text rewards simply map over the group.
 
 The fourth argument is a `RewardContext` the trainer builds once: the policy's tokenizer and input
@@ -43,7 +43,7 @@ class RewardTarget:
 
 @dataclass(frozen=True)
 class RewardContext:
-    """What the open-ended rewards read besides text, built once by the trainer (SPEC §3, Table 4).
+    """What the open-ended rewards read besides text, built once by the trainer (docs/method.md §3, Table 4).
 
     bmas / bipartite: the policy's tokenizer and input embedding table `[V, D]`.
     modernbert / sbert / llm_judge: `judge`, from `judges.make_judge(cfg.reward, device)`.
@@ -153,7 +153,7 @@ def score_group(
     cfg: RewardConfig,
     embedder: Optional[RewardContext] = None,
 ) -> list[RewardBreakdown]:
-    """Score G responses to one item: `[G]` breakdowns with R = R_acc + λ·R_fmt (SPEC §3).
+    """Score G responses to one item: `[G]` breakdowns with R = R_acc + λ·R_fmt (docs/method.md §3).
 
     `embedder` is the RewardContext of the open-ended rewards (unused by the others).
     """

@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..config import PROBLEM_TYPES, ConfigError, load_config
+from ..config import JUDGE_NAMES, PROBLEM_TYPES, ConfigError, load_config
 from . import RewardContext, RewardTarget, extract_answer, score_group
 
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.problem_type == "mcq" and not args.options:
         parser.error("--options is required for mcq")
     embedder = None
-    if args.problem_type == "open_ended" and cfg.open_ended in ("modernbert", "sbert", "llm_judge"):
+    if args.problem_type == "open_ended" and cfg.open_ended in JUDGE_NAMES:
         from .judges import make_judge
 
         embedder = RewardContext(judge=make_judge(cfg, "cpu"))  # needs --set judge_model=DIR

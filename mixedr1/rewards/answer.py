@@ -1,4 +1,4 @@
-"""Answer extraction and the format reward (SPEC §3).
+"""Answer extraction and the format reward (docs/method.md §3).
 
 Model output is untrusted text: nothing here evaluates it, and no input makes these functions raise.
 """
@@ -33,7 +33,7 @@ def extract_answer(response: str) -> str | None:
 
 
 def format_reward(response: str) -> float:
-    """R_fmt: 1.0 if the response is exactly `<think>…</think><answer>…</answer>`, else 0.0 (SPEC §3)."""
+    """R_fmt: 1.0 if the response is exactly `<think>…</think><answer>…</answer>`, else 0.0 (docs/method.md §3)."""
     if not isinstance(response, str):
         return 0.0
     match = _FORMAT.match(response)

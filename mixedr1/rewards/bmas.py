@@ -1,11 +1,11 @@
-"""BMAS, the bidirectional max-average similarity reward for open-ended answers (SPEC.md §3).
+"""BMAS, the bidirectional max-average similarity reward for open-ended answers (docs/method.md §3).
 
 The response answer (N tokens) and the ground truth (M tokens) are tokenised with the policy's
 tokenizer (no special tokens) and looked up in the policy's input embedding table, giving
 E^o [N, D] and E^g [M, D]. Then
 
-    S_ij   = cos(e^o_i, e^g_j)                                          (SPEC §3, Eq. 3)
-    R_BMAS = (1/N) Σ_i max_j S_ij + (1/M) Σ_j max_i S_ij                (SPEC §3, Eq. 4)
+    S_ij   = cos(e^o_i, e^g_j)                                          (docs/method.md §3, Eq. 3)
+    R_BMAS = (1/N) Σ_i max_j S_ij + (1/M) Σ_j max_i S_ij                (docs/method.md §3, Eq. 4)
 
 i.e. the maximum similarity of every token is averaged in both directions and the two averages
 are summed. `combine="sum"` is the paper's wording (range [-2, 2], the default **Decision**);
@@ -16,7 +16,7 @@ once, one batched matmul, one elementwise pass that divides by the response norm
 padding, and the row / column maxima; it is chunked over response tokens so that memory stays bounded for long texts.
 `bipartite_scores` is the "tokenizer bipartite matching" ablation of Table 4: the same S, but a
 one-to-one assignment (Hungarian, maximising the total similarity) instead of per-row / column
-maxima, scored Σ matched S / N + Σ matched S / M (SPEC §3 Decision), combined like BMAS.
+maxima, scored Σ matched S / N + Σ matched S / M (docs/method.md §3 Decision), combined like BMAS.
 
 Departures from the paper: none in the formula. `max_tokens` (default 4096) caps each text's
 token count before scoring, so one runaway completion cannot blow up time or memory; the paper
@@ -70,7 +70,7 @@ def bmas_scores(
     combine: str = "sum",
     token_chunk: int | None = None,
 ) -> torch.Tensor:  # [G] fp32
-    """Bidirectional max-average similarity (SPEC §3, Eq. 3 and 4) of G responses, fused.
+    """Bidirectional max-average similarity (docs/method.md §3, Eq. 3 and 4) of G responses, fused.
 
     R_g = (1/N_g) Σ_i max_j S_ij + (1/M_g) Σ_j max_i S_ij over the real tokens only, with
     S_ij the cosine of response token i and truth token j; halved for combine="mean". A response
@@ -140,8 +140,8 @@ def bmas_scores(
 def cosine_matrix(
     response_embeds: torch.Tensor,  # [G, N, D]
     truth_embeds: torch.Tensor,  # [M, D] or [G, M, D]
-) -> torch.Tensor:  # [G, N, M] fp32, S_ij of SPEC §3 Eq. 3 (padding not masked)
-    """Unmasked cosine similarities S (SPEC §3, Eq. 3), fp32, zero vectors give 0."""
+) -> torch.Tensor:  # [G, N, M] fp32, S_ij of docs/method.md §3 Eq. 3 (padding not masked)
+    """Unmasked cosine similarities S (docs/method.md §3, Eq. 3), fp32, zero vectors give 0."""
     response = torch.nn.functional.normalize(response_embeds.float(), dim=-1, eps=_NORM_EPS)
     truth = torch.nn.functional.normalize(
         truth_embeds.to(device=response.device, dtype=torch.float32), dim=-1, eps=_NORM_EPS
@@ -157,7 +157,7 @@ def bipartite_scores(
     *,
     combine: str = "sum",
 ) -> torch.Tensor:  # [G] fp32
-    """Tokenizer bipartite matching, the Table 4 ablation of BMAS (SPEC §3, Decision).
+    """Tokenizer bipartite matching, the Table 4 ablation of BMAS (docs/method.md §3, Decision).
 
     The same S as BMAS (Eq. 3), but a one-to-one assignment of min(N, M) token pairs maximising
     the total similarity (scipy's Hungarian `linear_sum_assignment`), scored
@@ -193,7 +193,7 @@ def embed_texts(
     *,
     max_tokens: int = 4096,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # ([G, N, D] table dtype, [G, N] bool)
-    """Tokenise without special tokens and look the ids up in the input embedding table (SPEC §3).
+    """Tokenise without special tokens and look the ids up in the input embedding table (docs/method.md §3).
 
     No transformer layer and no gradient. Each text keeps its first `max_tokens` tokens (a bound
     on cost for runaway generations; BMAS itself is chunked, so this is not a memory limit).
@@ -232,7 +232,7 @@ def bmas_reward(
     method: str = "bmas",
     max_tokens: int = 4096,
 ) -> list[float]:
-    """Open-ended reward of G responses against one ground truth (SPEC §3, Eq. 3 and 4).
+    """Open-ended reward of G responses against one ground truth (docs/method.md §3, Eq. 3 and 4).
 
     method="bmas": bidirectional max-average similarity (the paper's reward);
     method="bipartite": the Hungarian-matching ablation of Table 4. Texts are the extracted

@@ -1,10 +1,10 @@
-"""Chart / document reward (SPEC §3): numeric match within a tolerance, else normalised text match.
+"""Chart / document reward (docs/method.md §3): numeric match within a tolerance, else normalised text match.
 
 Numbers are read with a regular expression, never evaluated: thousands separators (`1,234.5`),
 `%`, currency signs, units around the number (`12.5 kg`), signs and scientific notation. A text that
 holds more than one number is ambiguous and is not read as a number ("between 10 and 12"). Non-finite
 values (`inf`, `1e999`, `nan`) never match.
-**Decision** (SPEC §3): tolerance mode `absolute` (|p − g| < tol, the paper's words) by default,
+**Decision** (docs/method.md §3): tolerance mode `absolute` (|p − g| < tol, the paper's words) by default,
 `relative` (|p − g| ≤ tol·|g|) as the option `reward.chart_tolerance_mode`.
 """
 

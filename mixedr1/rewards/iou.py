@@ -1,11 +1,11 @@
-"""Grounding reward (SPEC §3): IoU of the predicted box with the ground truth in the model's frame.
+"""Grounding reward (docs/method.md §3): IoU of the predicted box with the ground truth in the model's frame.
 
 The prediction may be a `[x1, y1, x2, y2]` list, a `{"bbox_2d": [...]}` object, or a list of either
 (the first is taken); it is read with `json.loads` (never evaluated), falling back to the first
 bracketed group of four numbers in the text. Corners given in swapped order describe the same
 rectangle and are reordered. An unparsable, non-finite or zero-area box scores 0.
 
-The ground truth is stored in the ORIGINAL image's pixels (SPEC §1); the model sees the image after
+The ground truth is stored in the ORIGINAL image's pixels (docs/method.md §1); the model sees the image after
 the processor's resize, so the truth is scaled into that frame first (`scale_box`).
 """
 

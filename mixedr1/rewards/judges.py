@@ -1,6 +1,6 @@
 """External-model open-ended rewards: the ModernBERT, Sentence-BERT and LLM-judge rows of Table 4.
 
-These are the ablations BMAS is compared against (SPEC §3, "Open-ended ablations (Table 4)"). Each
+These are the ablations BMAS is compared against (docs/method.md §3, "Open-ended ablations (Table 4)"). Each
 scores the extracted answers of a group of G responses against the item's ground truth with a
 separate model loaded once from a local directory (`reward.judge_model`, `local_files_only=True`),
 kept on the trainer's device in eval mode, run batched under `torch.no_grad()`:
@@ -43,11 +43,10 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..config import RewardConfig
+from ..config import JUDGE_NAMES, RewardConfig
 
-JUDGES = ("modernbert", "sbert", "llm_judge")
 
-# The LLM judge's instruction (SPEC §3: "prompt the judge with response and ground truth, ask for a
+# The LLM judge's instruction (docs/method.md §3: "prompt the judge with response and ground truth, ask for a
 # score in [0, 1]"). The reference comes first so that a truncated long response cannot hide it.
 JUDGE_PROMPT = (
     "You are grading an answer against a reference answer.\n"
@@ -81,7 +80,7 @@ _SCORE = re.compile(
 
 
 def parse_judge_score(text: str) -> float:
-    """The LLM judge's reply → a score in [0, 1] (SPEC §3: unparsable → 0). Never raises, never evals.
+    """The LLM judge's reply → a score in [0, 1] (docs/method.md §3: unparsable → 0). Never raises, never evals.
 
     The first number counts: "0.7", "Score: 0.7", "7/10", "7 out of 10" and "70%" all give 0.7.
     The result is clamped to [0, 1] ("8" → 1.0, "-0.5" → 0.0); no number, or "x/0", gives 0.0.
@@ -113,7 +112,7 @@ def masked_pool(
 ) -> torch.Tensor:  # [B, D * len(modes)] fp32
     """Pool token states into one vector per text, sentence-transformers' way (its mode order).
 
-    mean: Σ_t m_t h_t / Σ_t m_t (SPEC §3 "mean of the last hidden states over tokens");
+    mean: Σ_t m_t h_t / Σ_t m_t (docs/method.md §3 "mean of the last hidden states over tokens");
     cls: the first token; max: the elementwise max over real tokens; mean_sqrt_len: Σ_t m_t h_t / √Σ_t m_t.
     """
     hidden = hidden.float()
@@ -185,7 +184,7 @@ def _scorable(answers: Sequence[Optional[str]], truth: str) -> list[int]:
 
 
 class EncoderJudge:
-    """modernbert | sbert: pooled encoder states of response and truth, cosine (SPEC §3, Table 4)."""
+    """modernbert | sbert: pooled encoder states of response and truth, cosine (docs/method.md §3, Table 4)."""
 
     def __init__(
         self,
@@ -325,7 +324,7 @@ def load_encoder_judge(
 
 
 class LLMJudge:
-    """llm_judge: a causal LM reads JUDGE_PROMPT and replies with a score in [0, 1] (SPEC §3, Table 4)."""
+    """llm_judge: a causal LM reads JUDGE_PROMPT and replies with a score in [0, 1] (docs/method.md §3, Table 4)."""
 
     name = "llm_judge"
 
@@ -452,7 +451,7 @@ def make_judge(cfg: RewardConfig, device: torch.device | str = "cpu") -> Encoder
 
     The trainer passes it to `score_group` as `RewardContext(..., judge=make_judge(cfg.reward, device))`.
     """
-    if cfg.open_ended not in JUDGES:
+    if cfg.open_ended not in JUDGE_NAMES:
         return None
     if not cfg.judge_model:
         raise ValueError(f"reward.judge_model: required when reward.open_ended is {cfg.open_ended!r}")

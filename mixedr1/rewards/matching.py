@@ -1,4 +1,4 @@
-"""Matching rewards for yes/no and multiple-choice items (SPEC §3): R_match ∈ {0, 1}.
+"""Matching rewards for yes/no and multiple-choice items (docs/method.md §3): R_match ∈ {0, 1}.
 
 yorn: "yes" / "no", case, surrounding white space and punctuation ignored; nothing else may be in
 the answer ("Yes, it is" does not count: the answer tag is meant to hold the answer alone).

@@ -1,12 +1,12 @@
-"""The data engine of SPEC §5: keep an item only if K responses of the baseline model do not all get
+"""The data engine of docs/method.md §5: keep an item only if K responses of the baseline model do not all get
 the same reward (a group with equal rewards has zero GRPO advantage and teaches nothing).
 
-    python -m mixedr1.data.filter --model DIR --data IN.jsonl --out OUT.jsonl [--data-root DIR] \\
+    python -m mixedr1.data_engine --model DIR --data IN.jsonl --out OUT.jsonl [--data-root DIR] \\
         [--samples 8] [--temperature 1.0] [--batch-size 8] [--max-new-tokens 1024] [--tol 1e-6] \\
         [--seed 0] [--set reward.open_ended=bmas ...]
-    torchrun --nproc_per_node 8 -m mixedr1.data.filter ...   # batches split over ranks, merged by rank 0
+    torchrun --nproc_per_node 8 -m mixedr1.data_engine ...   # batches split over ranks, merged by rank 0
 
-For every item of IN.jsonl (SPEC §1 records; images under --data-root, default IN's folder), sample
+For every item of IN.jsonl (docs/method.md §1 records; images under --data-root, default IN's folder), sample
 K = --samples responses with the model at --temperature, with the training prompt
 (`mixedr1.data.collate`), the training sampler (`mixedr1.rollout.generate_rollout`) and the
 training reward (`mixedr1.rewards.score_group` under the `reward.*` config, BMAS reading the model's
@@ -58,10 +58,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
 import hashlib
 import json
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -70,15 +68,16 @@ from typing import Optional, Sequence
 
 import torch
 
-from mixedr1.config import Config, ConfigError, load_config
+from mixedr1.config import JUDGE_NAMES, Config, ConfigError, load_config
 from mixedr1.data.batch import PromptBatch, collate
 from mixedr1.data.dataset import Record, load_records
-from mixedr1.rewards import reward_name_for, score_group
+from mixedr1.resumable import open_for_append, rank_file, read_rank_files, write_atomically
+from mixedr1.rewards import reward_name_for
 from mixedr1.rollout import SamplingParams, decode_completions, generate_rollout, sampling_params_from_config
 
 # The trainer's own helpers, so the filter samples and scores exactly as training does (this import
-# needs the repository root on the path, as `python -m mixedr1.data.filter` run from it has).
-from mixedr1.rewards.context import make_reward_context, reward_target, with_embedding_table
+# needs the repository root on the path, as `python -m mixedr1.data_engine` run from it has).
+from mixedr1.rewards.context import make_reward_context, score_groups, with_embedding_table
 from mixedr1.rollout import eos_token_ids
 
 # `--set` may change these (the rest of the config does not reach the filter).
@@ -88,8 +87,8 @@ SETTABLE = ("reward.", "model.dtype", "model.attn_implementation", "model.min_pi
 DECISIONS = ("kept", "too_easy", "too_hard", "other_constant")
 
 # The largest accuracy each reward gives (the `too_easy` test); BMAS-like rewards depend on combine.
-MAX_ACCURACY = {"matching": 1.0, "chart": 1.0, "iou": 1.0, "modernbert": 1.0, "sbert": 1.0, "llm_judge": 1.0}
-EMBEDDING_REWARDS = ("bmas", "bipartite")  # range [-2, 2] with combine=sum, [-1, 1] with mean (SPEC §3)
+MAX_ACCURACY = {"matching": 1.0, "chart": 1.0, "iou": 1.0, **{judge: 1.0 for judge in JUDGE_NAMES}}
+EMBEDDING_REWARDS = ("bmas", "bipartite")  # range [-2, 2] with combine=sum, [-1, 1] with mean (docs/method.md §3)
 
 # Upper edges of the spread histogram's bins after the "constant" bin (spread <= tol); the last is open.
 SPREAD_EDGES = (0.25, 0.5, 1.0, 1.5, 2.0)
@@ -97,15 +96,15 @@ SPREAD_EDGES = (0.25, 0.5, 1.0, 1.5, 2.0)
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m mixedr1.data.filter", description=__doc__.split("\n")[0],
+        prog="python -m mixedr1.data_engine", description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(__doc__.split("\n")[1:]),
     )
     parser.add_argument("--model", required=True, help="baseline model: a local Hugging Face directory")
-    parser.add_argument("--data", required=True, help="candidate items, JSONL in the schema of SPEC §1")
+    parser.add_argument("--data", required=True, help="candidate items, JSONL in the schema of docs/method.md §1")
     parser.add_argument("--out", required=True, help="kept items (JSONL); the report and results files go next to it")
     parser.add_argument("--data-root", default=None, help="folder the image paths are relative to (default: the folder of --data)")
-    parser.add_argument("--samples", type=int, default=8, help="K responses per item (SPEC §5: 8)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (SPEC §5: 1.0)")
+    parser.add_argument("--samples", type=int, default=8, help="K responses per item (docs/method.md §5: 8)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (docs/method.md §5: 1.0)")
     parser.add_argument("--batch-size", type=int, default=8, help="items per sampler call (part of the settings: it fixes the seeds)")
     parser.add_argument("--max-new-tokens", type=int, default=1024, help="completion length cap")
     parser.add_argument("--tol", type=float, default=1e-6, help="keep an item when max - min of its rewards exceeds this")
@@ -190,7 +189,7 @@ def read_items(path: Path, data_root: Path) -> list[Item]:
 
 
 def results_file(out: Path, rank: int) -> Path:
-    return out.parent / f"{out.stem}.results.rank{rank}.jsonl"
+    return rank_file(out, "results", rank)
 
 
 def report_file(out: Path) -> Path:
@@ -203,41 +202,18 @@ def load_results(out: Path, items: list[Item], settings_sha: str) -> dict[str, d
     settings or of another input are an error naming the file and line."""
     by_id = {item.record.id: item for item in items}
     results: dict[str, dict] = {}
-    pattern = glob.escape(out.stem) + ".results.rank*.jsonl"
-    for path in sorted(out.parent.glob(pattern)):
-        text = path.read_text(encoding="utf-8")
-        lines = text.split("\n")
-        for line_no, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                if line_no == len(lines):  # no newline after it: torn by a kill, sampled again
-                    continue
-                raise ValueError(f"{where}: not a JSON line; a results file is written only by the filter") from None
-            if not isinstance(entry, dict) or not {"id", "index", "line_sha", "settings", "rewards"} <= set(entry):
-                raise ValueError(f"{where}: expected a results line with id, index, line_sha, settings, rewards")
-            if entry["settings"] != settings_sha:
-                raise ValueError(f"{where}: item {entry['id']!r} was sampled with other settings (model, sampling, "
-                                 f"seed, batch size or reward config differ); delete the results files or use another --out")
-            item = by_id.get(entry["id"])
-            if item is None or item.index != entry["index"] or item.line_sha != entry["line_sha"]:
-                raise ValueError(f"{where}: item {entry['id']!r} (input position {entry['index']}) is not the same line "
-                                 f"of the input any more; the input changed: delete the results files or use another --out")
-            results.setdefault(entry["id"], entry)
+    for where, entry in read_rank_files(out, "results"):
+        if not {"id", "index", "line_sha", "settings", "rewards"} <= set(entry):
+            raise ValueError(f"{where}: expected a results line with id, index, line_sha, settings, rewards")
+        if entry["settings"] != settings_sha:
+            raise ValueError(f"{where}: item {entry['id']!r} was sampled with other settings (model, sampling, "
+                             f"seed, batch size or reward config differ); delete the results files or use another --out")
+        item = by_id.get(entry["id"])
+        if item is None or item.index != entry["index"] or item.line_sha != entry["line_sha"]:
+            raise ValueError(f"{where}: item {entry['id']!r} (input position {entry['index']}) is not the same line "
+                             f"of the input any more; the input changed: delete the results files or use another --out")
+        results.setdefault(entry["id"], entry)
     return results
-
-
-def drop_torn_tail(path: Path) -> None:
-    """Cut a last line left without its newline by a kill, so appending starts on a fresh line."""
-    if not path.is_file():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with open(path, "r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,8 +257,7 @@ def score_batch(batch: PromptBatch, texts: list[str], clipped: list[bool], cfg: 
     """One results line per item of the batch, from its K completions."""
     K = cfg.rollout.group_size
     out = []
-    for b, item in enumerate(items):
-        breakdowns = score_group(texts[b * K : (b + 1) * K], reward_target(batch, b), cfg.reward, ctx)
+    for b, (item, breakdowns) in enumerate(zip(items, score_groups(batch, texts, K, cfg.reward, ctx))):
         rewards = [r.total for r in breakdowns]  # [K]
         accuracy = [r.accuracy for r in breakdowns]  # [K]
         fmt = [r.format for r in breakdowns]  # [K]
@@ -319,12 +294,10 @@ def sample_ranks_share(args, cfg: Config, items: list[Item], done: set[str], set
     params = sampling_params_from_config(cfg.rollout, eos_token_ids=eos_token_ids(hf, tokenizer), pad_token_id=tokenizer.pad_token_id)
     ctx = with_embedding_table(make_reward_context(cfg, processor, dist.device), hf)
 
-    path = results_file(args.out, dist.rank)
-    drop_torn_tail(path)
     sampled = 0
     bar = tqdm(total=mine, initial=mine - remaining, desc=f"filter (rank {dist.rank})", unit="item",
                disable=not dist.is_main, dynamic_ncols=True)
-    with open(path, "a", encoding="utf-8") as sink, torch.no_grad():
+    with open_for_append(args.out, "results", dist.rank) as sink, torch.no_grad():
         for start in todo:
             batch_items = items[start : start + size]
             batch = collate([item.record for item in batch_items], processor, cfg.data.max_prompt_tokens).to(dist.device)
@@ -434,12 +407,6 @@ def format_table(report: dict) -> str:
         lines += [row(name, s) for name, s in report[key].items()]
     lines.append(row("all", report["total"]))
     return "\n".join(lines)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def wait_for_all(args, items: list[Item], settings_sha: str, poll_s: float) -> dict[str, dict]:
