@@ -31,7 +31,6 @@ from mixedr1.data import (
 from mixedr1.data.synth import COLORS, caption
 from mixedr1.data.frame import resized_image_size
 from mixedr1.models import load_model, load_processor
-from mixedr1.models.tiny import build_tiny_model
 
 
 # Test-only views of a batch (the code itself needs neither).
@@ -53,8 +52,8 @@ def mm_token_type_ids_from_ids(input_ids: torch.Tensor, image_token_id: int, vid
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
+def tiny_dir(tiny_qwen_dir):
+    return tiny_qwen_dir
 
 
 @pytest.fixture(scope="module")
@@ -406,18 +405,17 @@ def test_collate_rejects_prompts_over_the_token_limit(mixed_records, processor):
         collate(mixed_records, processor, max_prompt_tokens=lengths[1] - 1)
 
 
-def test_grounding_hint_follows_the_processors_box_frame(tmp_path):
+def test_grounding_hint_follows_the_processors_box_frame(tmp_path, tiny_qwen_dir, tiny_internvl_dir):
     """Qwen answers in pixels of the resized image; InternVL in 0-1000 normalised coordinates."""
     from mixedr1.data.prompt import NORMALISED_BOX_HINT, render_prompt
     from mixedr1.data.synth import write_synthetic_dataset
     from mixedr1.models import load_processor
-    from mixedr1.models.tiny import build_tiny_model
 
     paths = write_synthetic_dataset(tmp_path / "data", 1, seed=0)
     records, _ = load_records(paths.train, paths.root)
     (grounding,) = [r for r in records if r.problem_type == "grounding"]
-    qwen = load_processor(build_tiny_model(tmp_path / "qwen"))
-    internvl = load_processor(build_tiny_model(tmp_path / "internvl", family="internvl"))
+    qwen = load_processor(tiny_qwen_dir)
+    internvl = load_processor(tiny_internvl_dir)
     assert "absolute pixel coordinates" in render_prompt(grounding, qwen)
     assert NORMALISED_BOX_HINT in render_prompt(grounding, internvl)
     assert "absolute pixel" not in render_prompt(grounding, internvl)

@@ -33,10 +33,8 @@ def data_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    from mixedr1.models.tiny import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
+def ckpt(tiny_qwen_dir):
+    return tiny_qwen_dir
 
 
 def run(ckpt, data_root, output, *extra):

@@ -23,7 +23,6 @@ from mixedr1 import data_engine as filter_cli
 from mixedr1.data.prompt import model_frame_box
 from mixedr1.data.synth import write_synthetic_dataset
 from mixedr1.models import load_processor
-from mixedr1.models.tiny import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_SAMPLER = filter_cli.sample_completions
@@ -31,8 +30,8 @@ K = 3
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
+def tiny(tiny_qwen_dir):
+    return tiny_qwen_dir
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,11 @@ from mixedr1.models import (
     resolve_dtype,
 )
 from mixedr1.models.processors import QwenVLImageOnlyProcessor
-from mixedr1.models.tiny import build_tiny_model
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
+def tiny_dir(tiny_qwen_dir):
+    return tiny_qwen_dir
 
 
 @pytest.fixture(scope="module")
@@ -246,15 +245,14 @@ def test_processor_loads_from_an_official_style_qwen_directory(tiny_dir, process
     assert resized_image_size(load_processor(official, max_pixels=28 * 28 * 64), 1000, 2000) == (140, 308)
 
 
-def test_tiny_internvl_processor_expands_tiles_like_internvl_processor(tmp_path):
+def test_tiny_internvl_processor_expands_tiles_like_internvl_processor(tmp_path, tiny_internvl_dir):
     """InternVLProcessor's rule, checked by hand (it cannot be built here: it needs a video processor):
     each image placeholder becomes <img> + image_seq_length * tiles <IMG_CONTEXT> + </img>, tiles from
     the GOT-OCR2 dynamic tiling (grid + thumbnail), pixel_values the image processor's own output."""
     from mixedr1.families import NORMALISED_BOX_FRAME as INTERNVL_BOX_FRAME
     from mixedr1.models.processors import InternVLImageOnlyProcessor
 
-    path = build_tiny_model(tmp_path / "internvl", family="internvl")
-    processor = load_processor(path)
+    processor = load_processor(tiny_internvl_dir)
     assert isinstance(processor, InternVLImageOnlyProcessor) and processor.image_seq_length == 4
     images = [Image.new("RGB", (56, 112), "red"), Image.new("RGB", (200, 60), "blue"), Image.new("RGB", (56, 56))]
     expected_tiles = [processor.image_processor.get_number_of_image_patches(im.height, im.width, {"crop_to_patches": True}) for im in images]

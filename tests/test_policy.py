@@ -7,13 +7,12 @@ import torch
 from PIL import Image
 
 from mixedr1.models import load_model, load_processor
-from mixedr1.models.tiny import build_tiny_model
 from mixedr1.policy import PolicyModel, build_sequences, features_per_prompt, row_image_embeds
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = build_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
+def tiny(tiny_qwen_dir):
+    path = tiny_qwen_dir
     model = load_model(path, dtype="float32", attn_implementation="sdpa")
     processor = load_processor(path)
     processor.tokenizer.padding_side = "left"
@@ -120,13 +119,13 @@ def test_bf16_autocast_over_fp32_weights_trains(tiny):
     assert grad is not None and grad.dtype == torch.float32 and torch.isfinite(grad).all()
 
 
-def test_internvl_policy_logprobs_match_transformers_forward(tmp_path):
+def test_internvl_policy_logprobs_match_transformers_forward(tmp_path, tiny_internvl_dir):
     """Native InternVL (1-D positions, tiles): PolicyModel on collated prompts equals a plain forward
     of each prompt+completion row with its own tiles; micro-batch features via pixels_for_prompts."""
     from mixedr1.data.batch import collate, pixels_for_prompts
     from mixedr1.data.dataset import Record
 
-    path = build_tiny_model(tmp_path / "internvl", seed=0, family="internvl")
+    path = tiny_internvl_dir
     model = load_model(path, dtype="float32", attn_implementation="sdpa")
     processor = load_processor(path)
     sizes = [(112, 56), (56, 56), None]  # 2 tiles + thumbnail, 1 tile, text only

@@ -213,13 +213,11 @@ def test_huge_and_unicode_text_never_raises(text):
     assert parse_box(huge) is None or all(math.isfinite(v) for v in parse_box(huge))
 
 
-def test_cli_open_ended_with_bmas_and_a_judge(tmp_path, capsys):
+def test_cli_open_ended_with_bmas_and_a_judge(tmp_path, capsys, tiny_qwen_dir):
     import importlib.util
     from pathlib import Path
 
-    from mixedr1.models.tiny import build_tiny_model
-
-    model_dir = build_tiny_model(tmp_path / "tiny")
+    model_dir = tiny_qwen_dir
     cli_main(["--problem-type", "open_ended", "--answer", "a red circle", "--model", str(model_dir),
               "--response", "<think>x</think><answer>a red circle</answer>"])
     out = json.loads(capsys.readouterr().out)

@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 from mixedr1.models import enable_gradient_checkpointing, load_model, load_processor
-from mixedr1.models.tiny import build_tiny_model
 from mixedr1.rollout import (
     Rollout,
     SamplingParams,
@@ -25,8 +24,8 @@ from mixedr1.rollout import (
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = build_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
+def tiny(tiny_qwen_dir):
+    path = tiny_qwen_dir
     model = load_model(path, dtype=torch.float32, attn_implementation="sdpa")
     processor = load_processor(path)
     processor.tokenizer.padding_side = "left"
@@ -351,8 +350,8 @@ def test_fsdp2_sharded_model_samples_the_same_and_never_reshards_inside_the_loop
 
 
 @pytest.fixture(scope="module")
-def tiny_internvl(tmp_path_factory):
-    path = build_tiny_model(tmp_path_factory.mktemp("tiny_internvl"), seed=0, family="internvl")
+def tiny_internvl(tiny_internvl_dir):
+    path = tiny_internvl_dir
     model = load_model(path, dtype=torch.float32, attn_implementation="sdpa")
     processor = load_processor(path)
     processor.tokenizer.padding_side = "left"

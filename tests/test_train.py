@@ -180,14 +180,12 @@ def test_non_finite_losses_skip_steps_then_stop(tmp_path, monkeypatch):
     assert not (tmp_path / "nan" / "checkpoints").exists()  # nothing was saved from a NaN state
 
 
-def test_grpo_runs_on_a_tiny_native_internvl(tmp_path):
+def test_grpo_runs_on_a_tiny_native_internvl(tmp_path, tiny_internvl_dir):
     """train.py with `model.path` = a tiny native InternVL (1-D positions, tiles): the SFT warm-up step
     (boxes in InternVL's 0-1000 frame) then 2 GRPO steps with finite losses, weights moved, and a
     checkpoint our loader reads back as InternVL."""
     from mixedr1.models.processors import InternVLImageOnlyProcessor, load_processor
-    from mixedr1.models.tiny import build_tiny_model
-
-    model_dir = build_tiny_model(tmp_path / "internvl", seed=0, family="internvl")
+    model_dir = tiny_internvl_dir
     cfg_path = write_config(tmp_path, "internvl", model={"path": str(model_dir)}, checkpoint={"every": 3})
     train.main([str(cfg_path)])
     run = tmp_path / "internvl"
