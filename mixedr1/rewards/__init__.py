@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 from ..config import RewardConfig
-from .answer import extract_answer, format_reward
+from .answer import extract_answer, format_reward, valid_text
 from .chart import chart_reward
 from .iou import iou_reward
 from .matching import mcq_reward, yorn_reward
@@ -109,6 +109,11 @@ def _embedding_similarity(method: str) -> GroupReward:
     return group_fn
 
 
+# Characters kept per judge token before tokenising: natural text averages about 4 characters per
+# token, so the judge sees the same first judge_max_tokens tokens unless a text is pathological.
+_JUDGE_CHARS_PER_TOKEN = 64
+
+
 def _judged(name: str) -> GroupReward:
     """An external-model reward (Table 4): the context's judge scores the whole group (judges.py)."""
 
@@ -119,7 +124,11 @@ def _judged(name: str) -> GroupReward:
                 f"the {name} reward needs its judge model: pass RewardContext(judge=make_judge(cfg.reward, device)) "
                 f"from mixedr1.rewards.judges (got {'no judge' if judge is None else repr(judge.name)})"
             )
-        return judge.score(answers, str(target.answer))
+        # Judges truncate to judge_max_tokens tokens; a runaway text is cut to a character prefix
+        # first, so that its cost stays bounded (and lone surrogates, which tokenizers reject, become '?').
+        keep = _JUDGE_CHARS_PER_TOKEN * cfg.judge_max_tokens
+        answers = [None if a is None else valid_text(a[:keep]) for a in answers]
+        return judge.score(answers, valid_text(str(target.answer)[:keep]))
 
     return group_fn
 

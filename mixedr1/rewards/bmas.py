@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from .answer import valid_text
+
 # Auto chunk size: at most this many similarity entries (fp32: 64 MiB) are alive at once. With
 # G=8 and M=256 this is 8192 response tokens per chunk, so ordinary answers take one chunk.
 _AUTO_CHUNK_ENTRIES = 1 << 24
@@ -186,6 +188,19 @@ def bipartite_scores(
     return torch.tensor(scores, dtype=torch.float32) * _COMBINE_SCALE[combine]
 
 
+def first_tokens(tokenizer, text: str, max_tokens: int) -> list[int]:
+    """The first `max_tokens` token ids of `text` (no special tokens), without tokenising all of a
+    runaway text: prefixes of 4x, 16x, ... `max_tokens` characters are tried until one gives enough
+    tokens. Lone surrogates become '?' first (tokenizers reject them)."""
+    text = valid_text(text)
+    limit = 4 * max_tokens
+    while True:
+        ids = tokenizer(text[:limit], add_special_tokens=False, verbose=False)["input_ids"]
+        if len(ids) >= max_tokens or limit >= len(text):
+            return list(ids)[:max_tokens]
+        limit *= 4
+
+
 def embed_texts(
     texts: list[str],
     tokenizer,
@@ -201,10 +216,7 @@ def embed_texts(
     """
     G = len(texts)
     device = embedding_table.device
-    token_ids = [
-        list(ids)[:max_tokens]
-        for ids in tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
-    ] if G else []
+    token_ids = [first_tokens(tokenizer, text, max_tokens) for text in texts]
     N = max((len(ids) for ids in token_ids), default=0)
     vocab_rows = embedding_table.shape[0]
     padded_ids = torch.zeros(G, N, dtype=torch.long)  # [G, N], padding id 0 (masked out)

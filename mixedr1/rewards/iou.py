@@ -26,7 +26,10 @@ def _as_box(value) -> Box | None:
         value = value.get("bbox_2d", value.get("bbox"))
     if isinstance(value, (list, tuple)) and len(value) == 4:
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            box = tuple(float(v) for v in value)
+            try:
+                box = tuple(float(v) for v in value)
+            except OverflowError:  # a JSON integer of 309+ digits
+                return None
             return box if all(math.isfinite(v) for v in box) else None
     return None
 
