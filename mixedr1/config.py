@@ -12,6 +12,7 @@ can switch to the other reading.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,8 +25,22 @@ import yaml
 class ConfigError(ValueError):
     """A config file or override that does not fit the declarations (the message names the key)."""
 
+    def __init__(self, message: str, key: Optional[str] = None):
+        super().__init__(message)
+        self.key = key  # the dotted key at fault, when one is
+
 
 PROBLEM_TYPES = ("yorn", "mcq", "chart", "grounding", "open_ended")
+
+
+def bounded(default: Any, *, ge: Any = None, gt: Any = None, le: Any = None, lt: Any = None) -> Any:
+    """A field with its allowed range, declared next to it and checked at load (`None` is allowed
+    where the type is Optional). Every float field must also be finite, bounded or not."""
+    return field(default=default, metadata={"bounds": {"ge": ge, "gt": gt, "le": le, "lt": lt}})
+
+
+_BOUND_TEXT = {"ge": ">= {}", "gt": "> {}", "le": "<= {}", "lt": "< {}"}
+_BOUND_OK = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: v <= b, "lt": lambda v, b: v < b}
 
 
 @dataclass
@@ -37,8 +52,8 @@ class ModelConfig:
     gradient_checkpointing: bool = False  # recompute decoder activations in backward
     freeze_vision: bool = True  # keep the vision tower fixed (the usual VLM-R1 / EasyR1 setting)
     trust_remote_code: bool = False  # only for model families transformers does not ship natively
-    min_pixels: Optional[int] = None  # processor's lower bound on H*W after resize (None: processor default)
-    max_pixels: Optional[int] = None  # processor's upper bound on H*W after resize (None: processor default)
+    min_pixels: Optional[int] = bounded(None, ge=1)  # processor's lower bound on H*W after resize (None: processor default)
+    max_pixels: Optional[int] = bounded(None, ge=1)  # processor's upper bound on H*W after resize (None: processor default)
     ref_cpu_offload: bool = False  # keep the frozen reference on CPU between uses (FSDP2 CPU offload, or moved per step in a world of one)
 
 
@@ -49,33 +64,33 @@ class DataConfig:
     data_root: str = "."  # images are resolved relative to this folder and must stay inside it
     on_bad_record: Literal["error", "skip"] = "error"  # skip: count and report bad records instead of stopping
     problem_types: list[str] = field(default_factory=lambda: list(PROBLEM_TYPES))  # Table 2: which types train
-    scale: float = 1.0  # Table 3: fraction of each category to keep (0.5 = halve; > 1 repeats)
-    max_prompt_tokens: int = 4096  # prompts longer than this (text + image tokens) are an error
+    scale: float = bounded(1.0, gt=0)  # Table 3: fraction of each category to keep (0.5 = halve; > 1 repeats)
+    max_prompt_tokens: int = bounded(4096, ge=1)  # prompts longer than this (text + image tokens) are an error
     shuffle: bool = True  # shuffle the training items each epoch (seeded by train.seed)
-    synth_items: int = 0  # > 0: generate this many synthetic items per type into output_dir/data
-    synth_heldout_items: int = 8  # with synth_items: held-out items per type (heldout.jsonl)
+    synth_items: int = bounded(0, ge=0)  # > 0: generate this many synthetic items per type into output_dir/data
+    synth_heldout_items: int = bounded(8, ge=0)  # with synth_items: held-out items per type (heldout.jsonl)
 
 
 @dataclass
 class RolloutConfig:
-    group_size: int = 8  # G: completions sampled per prompt (docs/method.md §4)
-    temperature: float = 1.0  # sampling temperature (docs/method.md §4: 1.0)
-    top_p: float = 1.0  # nucleus sampling; 1.0 = off
-    top_k: int = 0  # top-k sampling; 0 = off
-    max_new_tokens: int = 1024  # completion length cap; also Dr.GRPO's constant normaliser
-    prompts_per_batch: int = 8  # prompts sampled together in one call of the sampler
+    group_size: int = bounded(8, ge=2)  # G: completions sampled per prompt (docs/method.md §4)
+    temperature: float = bounded(1.0, gt=0)  # sampling temperature (docs/method.md §4: 1.0)
+    top_p: float = bounded(1.0, gt=0, le=1)  # nucleus sampling; 1.0 = off
+    top_k: int = bounded(0, ge=0)  # top-k sampling; 0 = off
+    max_new_tokens: int = bounded(1024, ge=1)  # completion length cap; also Dr.GRPO's constant normaliser
+    prompts_per_batch: int = bounded(8, ge=1)  # prompts sampled together in one call of the sampler
 
 
 @dataclass
 class GRPOConfig:
-    beta: float = 0.04  # k3 KL coefficient to the frozen reference (docs/method.md §4); 0 = no reference model
-    eps_low: float = 0.2  # ratio clipped below at 1 - eps_low
-    eps_high: float = 0.2  # ratio clipped above at 1 + eps_high (DAPO's clip-higher when > eps_low)
-    adv_eps: float = 1e-4  # δ in (R - mean) / (std + δ)
+    beta: float = bounded(0.04, ge=0)  # k3 KL coefficient to the frozen reference (docs/method.md §4); 0 = no reference model
+    eps_low: float = bounded(0.2, ge=0, lt=1)  # ratio clipped below at 1 - eps_low
+    eps_high: float = bounded(0.2, ge=0)  # ratio clipped above at 1 + eps_high (DAPO's clip-higher when > eps_low)
+    adv_eps: float = bounded(1e-4, ge=0)  # δ in (R - mean) / (std + δ)
     adv_scale: Literal["group", "none"] = "group"  # none: Dr.GRPO, no std scaling
     adv_std: Literal["unbiased", "population"] = "unbiased"  # docs/method.md §4 Decision: unbiased like TRL/verl
     loss_agg: Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"] = "seq_mean_token_mean"
-    updates_per_rollout: int = 1  # μ: policy updates on each rollout batch (docs/method.md §4: 1)
+    updates_per_rollout: int = bounded(1, ge=1)  # μ: policy updates on each rollout batch (docs/method.md §4: 1)
 
 
 # The open-ended rewards that score with an external judge model (Table 4), not the policy's embeddings.
@@ -85,39 +100,39 @@ JUDGE_NAMES = ("modernbert", "sbert", "llm_judge")
 @dataclass
 class RewardConfig:
     format_weight: float = 1.0  # λ in R = R_acc + λ·R_fmt (docs/method.md §3 Decision: 1.0)
-    chart_tolerance: float = 1e-2  # numeric tolerance of the chart reward (docs/method.md §3)
+    chart_tolerance: float = bounded(1e-2, ge=0)  # numeric tolerance of the chart reward (docs/method.md §3)
     chart_tolerance_mode: Literal["absolute", "relative"] = "absolute"  # docs/method.md §3 Decision: absolute
     open_ended: Literal["bmas", "bipartite", "modernbert", "sbert", "llm_judge"] = "bmas"  # Table 4 designs
     bmas_combine: Literal["sum", "mean"] = "sum"  # docs/method.md §3 Decision: sum of both directions, range [-2, 2]
     judge_model: Optional[str] = None  # local directory of the external model for modernbert|sbert|llm_judge
-    judge_batch_size: int = 64  # texts (modernbert|sbert) or prompts (llm_judge) per judge forward
-    judge_max_tokens: int = 512  # each response / ground truth keeps at most this many tokens in the judge
-    judge_max_new_tokens: int = 8  # llm_judge: greedy reply length, enough for "Score: 0.75"
+    judge_batch_size: int = bounded(64, ge=1)  # texts (modernbert|sbert) or prompts (llm_judge) per judge forward
+    judge_max_tokens: int = bounded(512, ge=1)  # each response / ground truth keeps at most this many tokens in the judge
+    judge_max_new_tokens: int = bounded(8, ge=1)  # llm_judge: greedy reply length, enough for "Score: 0.75"
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 3e-6  # AdamW learning rate (docs/method.md §4)
-    weight_decay: float = 0.0
+    lr: float = bounded(3e-6, gt=0)  # AdamW learning rate (docs/method.md §4)
+    weight_decay: float = bounded(0.0, ge=0)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    adam_eps: float = 1e-8
-    warmup_steps: int = 0  # linear warm-up from 0 to lr
+    adam_eps: float = bounded(1e-8, gt=0)
+    warmup_steps: int = bounded(0, ge=0)  # linear warm-up from 0 to lr
     schedule: Literal["constant", "cosine"] = "constant"  # after warm-up
-    grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
+    grad_clip: float = bounded(1.0, ge=0)  # max global gradient norm; 0 = no clipping
 
 
 @dataclass
 class TrainConfig:
     algorithm: Literal["grpo", "sft"] = "grpo"  # sft: the paper's "+SFT baseline" rows
-    steps: int = 100  # optimizer steps
-    prompts_per_step: int = 64  # global prompts per step (docs/method.md §4: 64, i.e. 512 completions at G=8)
-    micro_batch_size: int = 8  # completions per forward/backward on one rank
-    sft_warmup_steps: int = 0  # SFT steps before GRPO, for models that cannot yet follow the format
-    sft_lr: Optional[float] = None  # learning rate of the SFT warm-up; None = optim.lr
-    seed: int = 0
+    steps: int = bounded(100, ge=0)  # optimizer steps
+    prompts_per_step: int = bounded(64, ge=1)  # global prompts per step (docs/method.md §4: 64, i.e. 512 completions at G=8)
+    micro_batch_size: int = bounded(8, ge=1)  # completions per forward/backward on one rank
+    sft_warmup_steps: int = bounded(0, ge=0)  # SFT steps before GRPO, for models that cannot yet follow the format
+    sft_lr: Optional[float] = bounded(None, gt=0)  # learning rate of the SFT warm-up; None = optim.lr
+    seed: int = bounded(0, ge=0, le=2**64 - 1)
     resume: bool = False  # continue from the latest checkpoint in output_dir
-    max_nonfinite_steps: int = 3  # this many non-finite losses in a row stop the run
-    cpu_threads: int = 0  # torch.set_num_threads on CPU; 0 = torch's default (1 is fastest for tiny models)
+    max_nonfinite_steps: int = bounded(3, ge=1)  # this many non-finite losses in a row stop the run
+    cpu_threads: int = bounded(0, ge=0)  # torch.set_num_threads on CPU; 0 = torch's default (1 is fastest for tiny models)
 
 
 @dataclass
@@ -129,16 +144,16 @@ class DistributedConfig:
 
 @dataclass
 class LogConfig:
-    every: int = 1  # write metrics every this many steps
-    sample_every: int = 10  # write sample completions as text every this many steps
+    every: int = bounded(1, ge=1)  # write metrics every this many steps
+    sample_every: int = bounded(10, ge=1)  # write sample completions as text every this many steps
     tensorboard: bool = True
     progress_bar: bool = True
 
 
 @dataclass
 class CheckpointConfig:
-    every: int = 50  # save every this many steps (and at the end); 0 = only at the end
-    keep_last: int = 2  # keep this many checkpoints
+    every: int = bounded(50, ge=0)  # save every this many steps (and at the end); 0 = only at the end
+    keep_last: int = bounded(2, ge=1)  # keep this many checkpoints
 
 
 @dataclass
@@ -158,34 +173,7 @@ class Config:
     def validate(self) -> "Config":
         """Cross-field constraints, checked once at load; raises ConfigError naming the keys."""
         checks = [
-            (self.rollout.group_size >= 2, "rollout.group_size must be >= 2 (GRPO compares samples within a group)"),
-            (self.rollout.temperature > 0, "rollout.temperature must be > 0"),
-            (0 < self.rollout.top_p <= 1, "rollout.top_p must be in (0, 1]"),
-            (self.rollout.top_k >= 0, "rollout.top_k must be >= 0"),
-            (self.rollout.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1"),
-            (self.rollout.prompts_per_batch >= 1, "rollout.prompts_per_batch must be >= 1"),
-            (self.grpo.beta >= 0, "grpo.beta must be >= 0"),
-            (self.grpo.eps_low >= 0 and self.grpo.eps_high >= 0, "grpo.eps_low and grpo.eps_high must be >= 0"),
-            (self.grpo.eps_low < 1, "grpo.eps_low must be < 1 (the lower clip bound 1 - eps_low must stay positive)"),
-            (self.grpo.adv_eps >= 0, "grpo.adv_eps must be >= 0"),
-            (self.grpo.updates_per_rollout >= 1, "grpo.updates_per_rollout must be >= 1"),
-            (self.reward.chart_tolerance >= 0, "reward.chart_tolerance must be >= 0"),
-            (self.optim.lr > 0, "optim.lr must be > 0"),
             (len(self.optim.betas) == 2 and all(0 <= b < 1 for b in self.optim.betas), "optim.betas must be two numbers in [0, 1)"),
-            (self.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
-            (self.optim.grad_clip >= 0, "optim.grad_clip must be >= 0"),
-            (self.train.steps >= 0, "train.steps must be >= 0"),
-            (self.train.prompts_per_step >= 1, "train.prompts_per_step must be >= 1"),
-            (self.train.micro_batch_size >= 1, "train.micro_batch_size must be >= 1"),
-            (self.train.sft_warmup_steps >= 0, "train.sft_warmup_steps must be >= 0"),
-            (self.train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps must be >= 1"),
-            (self.train.cpu_threads >= 0, "train.cpu_threads must be >= 0"),
-            (self.data.scale > 0, "data.scale must be > 0"),
-            (self.data.max_prompt_tokens >= 1, "data.max_prompt_tokens must be >= 1"),
-            (self.data.synth_items >= 0 and self.data.synth_heldout_items >= 0, "data.synth_items and data.synth_heldout_items must be >= 0"),
-            (self.checkpoint.every >= 0, "checkpoint.every must be >= 0"),
-            (self.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1"),
-            (self.log.every >= 1 and self.log.sample_every >= 1, "log.every and log.sample_every must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -220,24 +208,24 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}", key)
         return value
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {value!r}", key)
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}", key)
         return _from_dict(tp, value, key + ".")
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+            raise ConfigError(f"{key}: expected true or false, got {value!r}", key)
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {value!r}", key)
         return value
     if tp is float:
         if isinstance(value, str):  # PyYAML reads `3e-6` (no dot) as a string: accept numeric text
@@ -246,22 +234,34 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+            raise ConfigError(f"{key}: expected a number, got {value!r}", key)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer too large for a float
+            value = math.inf
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}", key)
+        return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {value!r}", key)
         return value
     raise ConfigError(f"{key}: unsupported declared type {tp!r}")  # a bug in the declarations
 
 
 def _from_dict(cls: type, values: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in values:
-        if key not in names:
-            raise ConfigError(f"{prefix}{key}: unknown key (known: {', '.join(sorted(names))})")
-    kwargs = {name: _coerce(values[name], hints[name], prefix + name) for name in names if name in values}
+        if key not in fields:
+            raise ConfigError(f"{prefix}{key}: unknown key (known: {', '.join(sorted(fields))})", prefix + str(key))
+    kwargs = {}
+    for name, value in values.items():
+        key = prefix + name
+        kwargs[name] = value = _coerce(value, hints[name], key)
+        for bound, limit in fields[name].metadata.get("bounds", {}).items():
+            if limit is not None and value is not None and not _BOUND_OK[bound](value, limit):
+                raise ConfigError(f"{key} must be {_BOUND_TEXT[bound].format(limit)}, got {value!r}", key)
     return cls(**kwargs)
 
 
@@ -269,7 +269,25 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected key=value, e.g. grpo.beta=0.0")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.load(raw, Loader=_UniqueKeyLoader) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({problem})") from None
+    return key.strip().split("."), value
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key written twice in one mapping is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: {key!r} is written twice in the same mapping")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def to_dict(config: Config) -> dict:
@@ -283,14 +301,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             try:
-                loaded = yaml.safe_load(f)
+                loaded = yaml.load(f, Loader=_UniqueKeyLoader)
             except yaml.YAMLError as e:
                 raise ConfigError(f"{path}: not valid YAML: {e}") from None
+            except ConfigError as e:
+                raise ConfigError(f"{path}: {e}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
         values = loaded or {}
+    try:  # the file alone first, so that its errors are blamed on it
+        _from_dict(Config, values)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path is not None else str(e), e.key) from None
+    overridden = {}
     for text in overrides:
         keys, value = _parse_override(text)
         node = values
@@ -299,10 +324,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             if not isinstance(node, dict):
                 raise ConfigError(f"override {text!r}: {k} is not a section")
         node[keys[-1]] = value
+        overridden[".".join(keys)] = text
     try:
         config = _from_dict(Config, values)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None
+        blamed = next((text for key, text in overridden.items() if e.key and (e.key == key or e.key.startswith(key + "."))), None)
+        raise ConfigError(f"override {blamed!r}: {e}" if blamed else str(e), e.key) from None
     return config.validate()
 
 
