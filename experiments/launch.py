@@ -36,7 +36,9 @@ Decisions (the paper is silent): the SFT rows are evaluated with the thinking pr
 SFT targets are `<think>…</think><answer>…</answer>` (`build_sft_target`), so the model is tested
 in the format it was trained on; the paper's Table 1 marks its SFT rows "no thinking". The InternVL
 base row is evaluated with the direct prompt, like Table 1's baselines. Table 3's scale rows train
-one epoch of the scaled data (`configs/data_scale.yaml`: 350 / 700 / 1400 steps).
+one epoch of the scaled data (`configs/data_scale.yaml`: 350 / 700 / 1400 steps). Table 3(b)'s
+InternVL rows train with `configs/mixed_r1_internvl25_4b.yaml` (the main settings, no Qwen pixel
+bounds); its SFT row adds configs/sft_baseline.yaml's SFT settings as overrides (`SFT_OVERRIDES`).
 """
 
 from __future__ import annotations
@@ -65,6 +67,11 @@ MODEL_DIRS = {
     "qwen25vl_7b": "Qwen2.5-VL-7B-Instruct",
     "internvl25_4b": "InternVL2_5-4B-hf",  # InternVL2.5-4B converted to transformers' native InternVL format
 }
+# A row that trains SFT from a GRPO config (Table 3(b): InternVL has no SFT config of its own, as
+# configs/sft_baseline.yaml carries Qwen's pixel bound): configs/sft_baseline.yaml's algorithm and
+# optimizer settings, as overrides (tests/test_experiments.py checks they stay equal to the file's).
+SFT_OVERRIDES = ("train.algorithm=sft", "optim.lr=1.0e-5", "optim.warmup_steps=20", "optim.schedule=cosine")
+INTERNVL_CONFIG = "configs/mixed_r1_internvl25_4b.yaml"  # Table 3(b): no Qwen pixel bounds
 # Table 4's external judges: reward.open_ended → the folder under --judge-dir.
 JUDGE_DIRS = {
     "modernbert": "ModernBERT-base",
@@ -148,10 +155,9 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         Row("scale_2", "90K (each category doubled)", "thinking", model="qwen25vl_3b", config="configs/data_scale.yaml",
             overrides=("data.scale=2", "train.steps=1400")),
         Row("internvl25_4b_base", "InternVL2.5-4B", "direct", model="internvl25_4b"),
-        Row("internvl25_4b_sft", "InternVL2.5-4B + SFT", "thinking", model="internvl25_4b", config="configs/sft_baseline.yaml",
-            overrides=("train.algorithm=sft",)),
-        Row("internvl25_4b_mixed_r1", "InternVL2.5-4B + Mixed-R1", "thinking", model="internvl25_4b",
-            config="configs/mixed_r1_qwen25vl_3b.yaml"),
+        Row("internvl25_4b_sft", "InternVL2.5-4B + SFT", "thinking", model="internvl25_4b", config=INTERNVL_CONFIG,
+            overrides=SFT_OVERRIDES),
+        Row("internvl25_4b_mixed_r1", "InternVL2.5-4B + Mixed-R1", "thinking", model="internvl25_4b", config=INTERNVL_CONFIG),
     )),
     Experiment("table4", "Table 4: open-ended reward designs (Qwen2.5-VL-3B)", ABLATION_BENCHMARKS, (
         _open_ended("modernbert", "ModernBERT", judge=True),

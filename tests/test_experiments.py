@@ -14,6 +14,8 @@ import pytest
 from experiments import launch, rehearsal, report
 from experiments.paper_numbers import AVG_DIFFERS_IN_PAPER, PAPER
 from mixedr1.config import load_config
+from mixedr1.families import family_of_dir, family_of_processor
+from mixedr1.models.processors import load_processor
 
 ROOT = Path(__file__).resolve().parents[1]
 eval_cli = importlib.import_module("eval")
@@ -99,6 +101,36 @@ def test_dry_run_options_reach_the_commands(capsys, monkeypatch):
     assert (args.ckpt, args.data_root, args.batch_size) == ("/r/table4/sbert/train/checkpoints/step-000005", "/b", 16)
 
 
+def test_internvl_rows_train_with_the_internvl_config_as_shipped(capsys, monkeypatch, tiny_internvl_dir):
+    trains, _ = by_key(dry_run(capsys, monkeypatch, "table3"))
+    internvl_rows = {f"table3/{r.name}" for r in launch.EXPERIMENTS["table3"].rows
+                     if r.model == "internvl25_4b" and r.kind == "train"}
+    assert internvl_rows == {"table3/internvl25_4b_sft", "table3/internvl25_4b_mixed_r1"}
+    main = load_config(ROOT / "configs/mixed_r1_qwen25vl_7b.yaml")
+    sft = load_config(ROOT / "configs/sft_baseline.yaml")
+    for key in internvl_rows:
+        argv = trains[key][len(TORCHRUN) + 1 :]
+        assert argv[0] == "configs/mixed_r1_internvl25_4b.yaml"
+        assert not any("pixels" in a for a in argv)  # the config is run as shipped, not patched
+        cfg = load_config(ROOT / argv[0], argv[1:])
+        assert (cfg.model.min_pixels, cfg.model.max_pixels, cfg.model.trust_remote_code) == (None, None, False)
+        assert cfg.model.path == "models/InternVL2_5-4B-hf" and cfg.train.prompts_per_step == 64
+        # The config's model settings load an InternVL processor (Qwen's pixel bound would raise here).
+        processor = load_processor(tiny_internvl_dir, min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels)
+        assert family_of_processor(processor).name == "internvl"
+    with pytest.raises(ValueError, match="max_pixels only apply to Qwen"):
+        load_processor(tiny_internvl_dir, max_pixels=main.model.max_pixels)
+
+    grpo = load_config(ROOT / "configs/mixed_r1_internvl25_4b.yaml", trains["table3/internvl25_4b_mixed_r1"][len(TORCHRUN) + 2 :])
+    # The paper's settings, as on Qwen2.5-VL-7B: 64 prompts x G=8, T=1, beta=0.04, lr 3e-6, 700 steps.
+    assert (grpo.rollout, grpo.grpo, grpo.reward, grpo.optim) == (main.rollout, main.grpo, main.reward, main.optim)
+    assert (grpo.train.algorithm, grpo.train.steps, grpo.data.scale) == ("grpo", 700, 1.0)
+    sft_row = load_config(ROOT / "configs/mixed_r1_internvl25_4b.yaml", trains["table3/internvl25_4b_sft"][len(TORCHRUN) + 2 :])
+    # The SFT row's overrides are configs/sft_baseline.yaml's SFT settings (launch.SFT_OVERRIDES).
+    assert (sft_row.train.algorithm, sft_row.train.steps, sft_row.optim) == ("sft", sft.train.steps, sft.optim)
+    assert sft_row.optim.lr == 1e-5 and sft_row.optim.schedule == "cosine"
+
+
 # ---- the paper's numbers -----------------------------------------------------------------------
 
 def test_paper_numbers_cover_the_registry_and_their_averages():
@@ -147,9 +179,9 @@ def test_smooth_and_series():
 
 # ---- a small rehearsal, then the notebooks on it ----------------------------------------------------
 
-REHEARSAL_ROWS = [  # every kind of row: base, SFT, GRPO, a borrowed checkpoint, an external judge, BMAS
+REHEARSAL_ROWS = [  # every kind of row: base, SFT, GRPO, a borrowed checkpoint, an external judge, BMAS, InternVL
     "table1/qwen25vl_3b_direct", "table1/qwen25vl_3b_sft", "table2/yorn", "table2/open_ended",
-    "table3/scale_0.5", "table3/scale_1", "table4/llm_judge", "table4/bmas",
+    "table3/scale_0.5", "table3/scale_1", "table3/internvl25_4b_mixed_r1", "table4/llm_judge", "table4/bmas",
 ]
 
 
@@ -171,7 +203,7 @@ def test_rehearsal_writes_the_fixed_layout(rehearsed):
     results, info = rehearsed
     assert info["toy"] and info["steps"] == 2 and info["seconds"]["total"] > 0
     trained = {"table1/qwen25vl_3b_sft", "table2/yorn", "table1/qwen25vl_3b_mixed_r1", "table3/scale_0.5",
-               "table4/llm_judge", "table4/bmas"}
+               "table3/internvl25_4b_mixed_r1", "table4/llm_judge", "table4/bmas"}
     for key in REHEARSAL_ROWS:
         report_json = json.loads((results / key / "eval.json").read_text())
         experiment = launch.EXPERIMENTS[key.split("/")[0]]
@@ -191,6 +223,32 @@ def test_rehearsal_writes_the_fixed_layout(rehearsed):
     for name in ("table1", "table2", "table3", "table4", "others"):
         assert (results / "report" / f"{name}.md").read_text().startswith("### ")
     assert (results / "report" / "figure4.png").stat().st_size > 10_000
+
+
+def test_rehearsal_trains_internvl_with_the_shipped_config(rehearsed):
+    results, info = rehearsed
+    assert set(info["base_models"]) == {"qwen2_5_vl", "internvl"}  # a tiny model of each family the rows need
+    assert not any("pixels" in o for o in info["toy_train_overrides"])  # toy sizes only, no config patches
+    key = "table3/internvl25_4b_mixed_r1"
+    train = shlex.split(json.loads((results / key / "launch.json").read_text())[0]["command"])
+    args = train[train.index("train.py") + 1 :]
+    assert args[0] == "configs/mixed_r1_internvl25_4b.yaml"
+    run = results / key / "train"
+    cfg = load_config(run / "config.yaml")
+    # The run's config is the shipped file plus the command's overrides (paths, toy sizes), nothing else.
+    assert cfg == load_config(ROOT / args[0], args[1:])
+    assert (cfg.model.min_pixels, cfg.model.max_pixels) == (None, None) and cfg.rollout.group_size == 4
+    assert family_of_dir(cfg.model.path).name == "internvl"  # trained from the tiny InternVL base model
+    assert json.loads((run / "checkpoints/step-000002/config.json").read_text())["model_type"] == "internvl"
+    # Its toy base model was made by the InternVL SFT row's config and overrides, also unpatched.
+    base_sft = load_config(Path(info["base_models"]["internvl"]).parents[1] / "config.yaml")
+    assert (base_sft.train.algorithm, base_sft.model.max_pixels, base_sft.train.steps) == ("sft", None, 3)
+    for metrics in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()):
+        assert 0 < metrics["completion/length_mean"] <= 32 and metrics["loss/entropy"] > 0
+        assert -3 <= metrics["reward/total"] <= 3  # accuracy in [-2, 2] (BMAS) plus format in [0, 1]
+    evaluated = json.loads((results / key / "eval.json").read_text())
+    assert evaluated["checkpoint"] == str(run / "checkpoints" / "step-000002")
+    assert all(0 <= s["score"] <= 100 for s in evaluated["summary"].values())
 
 
 def notebook_outputs(path: Path) -> tuple[str, int]:
