@@ -5,10 +5,16 @@ positions the language model takes, where the vision tower lives, how a batch sa
 belong to which image, in which frame the model reads and writes grounding boxes, and how to
 recognise the family's directories and processors.
 
-| family      | model types           | positions             | image layout            | box frame             |
-|-------------|-----------------------|-----------------------|-------------------------|-----------------------|
-| qwen2_5_vl  | qwen2_5_vl, qwen2_vl  | 3-D mRoPE `[3, N, L]` | `image_grid_thw [I, 3]` | pixels of the resized image |
-| internvl    | internvl              | 1-D `[N, L]`          | `tiles_per_image [I]`   | 0-1000 normalised     |
+| family      | model types            | positions             | image layout            | box frame             |
+|-------------|------------------------|-----------------------|-------------------------|-----------------------|
+| qwen2_5_vl  | qwen2_5_vl, qwen2_vl   | 3-D mRoPE `[3, N, L]` | `image_grid_thw [I, 3]` | pixels of the resized image |
+| internvl    | internvl               | 1-D `[N, L]`          | `tiles_per_image [I]`   | 0-1000 normalised     |
+| qwen3_vl    | qwen3_vl, qwen3_vl_moe | 3-D mRoPE `[3, N, L]` | `image_grid_thw [I, 3]` | 0-1000 normalised     |
+
+Qwen3-VL keeps Qwen2.5-VL's position rule for images (its rotary embedding interleaves the (t, h, w)
+frequencies inside the model, which the position ids do not see) and adds DeepStack: features of
+several vision layers are added to the hidden states of the image tokens after the first decoder
+layers (`Family.deepstack`).
 
 This module imports neither torch nor transformers, so the data code and the config can use it.
 """
@@ -21,7 +27,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 # InternVL2.5 reads and writes grounding boxes as integers in [0, 1000] of the image's width/height
-# (its convention `<box>[[x1, y1, x2, y2]]</box>`), whatever the image size.
+# (its convention `<box>[[x1, y1, x2, y2]]</box>`), whatever the image size. So does Qwen3-VL
+# (`{"bbox_2d": [x1, y1, x2, y2]}`): its README / grounding cookbook (github.com/QwenLM/Qwen3-VL)
+# says the default coordinate system "has been changed from the absolute coordinates used in
+# Qwen2.5-VL to relative coordinates ranging from 0 to 1000", quoted in QwenLM/Qwen3-VL issue #1741.
 NORMALISED_BOX_FRAME = 1000
 
 
@@ -35,6 +44,10 @@ class Family:
     vision_attrs: tuple[str, ...]  # attribute of `model.model` (or the model) holding the vision tower
     processor_names: tuple[str, ...]  # class names in a saved (pre)processor config that identify it
     description: str  # for messages and --help
+    # Qwen3-VL's DeepStack: the vision tower also returns `deepstack_features` (one [K, D] per level of
+    # `vision_config.deepstack_visual_indexes`), which the language model adds to the image tokens'
+    # hidden states after decoder layers 0..S-1 (`deepstack_visual_embeds`, `visual_pos_masks`).
+    deepstack: bool = False
 
     @property
     def mrope(self) -> bool:
@@ -53,6 +66,7 @@ FAMILIES: dict[str, Family] = {
             vision_attrs=("visual",),
             processor_names=("Qwen2VLImageProcessor", "Qwen2_5_VLProcessor", "Qwen2VLProcessor", "QwenVLImageOnlyProcessor"),
             description="Qwen2.5-VL / Qwen2-VL",
+            deepstack=False,
         ),
         Family(
             name="internvl",
@@ -63,6 +77,21 @@ FAMILIES: dict[str, Family] = {
             vision_attrs=("vision_tower",),
             processor_names=("InternVLProcessor", "InternVLImageOnlyProcessor", "GotOcr2ImageProcessor"),
             description="InternVL (transformers' native -hf format)",
+            deepstack=False,
+        ),
+        # Qwen3-VL (dense) and Qwen3-VL-MoE share the vision tower, DeepStack, positions and processor
+        # (transformers maps both to Qwen3VLProcessor and Qwen2VL's image processor, with 16 px patches).
+        # Its image processor class is Qwen2.5-VL's too, so only the processor class names identify it.
+        Family(
+            name="qwen3_vl",
+            model_types=("qwen3_vl", "qwen3_vl_moe"),
+            positions="mrope",
+            image_layout="grid",
+            box_frame="normalised",
+            vision_attrs=("visual",),
+            processor_names=("Qwen3VLProcessor", "Qwen3VLImageOnlyProcessor"),
+            description="Qwen3-VL",
+            deepstack=True,
         ),
     )
 }
@@ -105,19 +134,34 @@ def family_of_dir(path: str | Path) -> Optional[Family]:
             return maybe_family_of(json.load(f).get("model_type", ""))
     for name in ("processor_config.json", "preprocessor_config.json"):
         if (path / name).is_file():
-            text = (path / name).read_text(encoding="utf-8")
-            for family in FAMILIES.values():
-                if any(n in text for n in family.processor_names):
-                    return family
+            with open(path / name, encoding="utf-8") as f:
+                saved = json.load(f)
+            nested = saved.get("image_processor")  # transformers 5 nests the image processor's config
+            nested = nested if isinstance(nested, dict) else {}
+            family = _family_of_class_names(
+                [saved.get("processor_class"), nested.get("image_processor_type"), saved.get("image_processor_type")]
+            )
+            if family is not None:
+                return family
     return None
 
 
 def family_of_processor(processor: Any) -> Optional[Family]:
     """The family of a processor object (by its class name), or None for one this registry does not know."""
-    names = {type(processor).__name__, type(getattr(processor, "image_processor", None)).__name__}
-    for family in FAMILIES.values():
-        if names & set(family.processor_names):
-            return family
+    return _family_of_class_names([type(processor).__name__, type(getattr(processor, "image_processor", None)).__name__])
+
+
+def _family_of_class_names(names: list[Optional[str]]) -> Optional[Family]:
+    """The family of the first of `names` that a family lists, ignoring a `Fast` / `Pil` suffix. Pass
+    the processor's class before its image processor's: image processors are shared between families
+    (Qwen3-VL uses Qwen2-VL's), processors are not."""
+    for name in names:
+        if not name:
+            continue
+        base = name.removesuffix("Fast").removesuffix("Pil")
+        for family in FAMILIES.values():
+            if base in family.processor_names:
+                return family
     return None
 
 

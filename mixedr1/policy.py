@@ -11,8 +11,18 @@ images and the rows of a group reuse them (indexing, no copy of pixel data). Wit
 frozen (the default), features are computed once per step under no_grad and shared by the policy's
 micro-batches, every update epoch and the reference model.
 
-Positions: the Qwen2-VL family uses 3-D mRoPE (`mixedr1.positions`); other families (native
-InternVL) use plain 1-D positions, counted over real tokens so left padding does not shift them.
+DeepStack (Qwen3-VL, `Family.deepstack`): the vision tower also returns S more feature levels
+`[K, D]` (one per `vision_config.deepstack_visual_indexes`), which the model's own forward adds to the
+image tokens' hidden states after decoder layers 0..S-1. `image_features` returns them concatenated
+along the feature axis, `[K, (1+S)*D]` (merged tokens first, then the levels in order), so every
+function that selects image tokens by prompt or row carries them unchanged; `PolicyModel.forward`
+splits them again and passes the levels to the language model as the model's forward does
+(`deepstack_visual_embeds`, `visual_pos_masks`). Other families have S = 0: `[K, D]` as before.
+
+Positions: the Qwen-VL families (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) use 3-D mRoPE (`mixedr1.positions`;
+Qwen3-VL interleaves the three components over the rotary frequencies inside the model, from the
+same position ids); other families (native InternVL) use plain 1-D positions, counted over real
+tokens so left padding does not shift them.
 
 Image layout: Qwen's `image_grid_thw [I, 3]` (patch rows of image i = t*h*w, its tokens = that /
 merge**2), or InternVL's `tiles_per_image [I]` (its tokens = tiles * image_seq_length). The functions
@@ -40,17 +50,30 @@ def image_token_id(hf_model: nn.Module) -> int:
     raise ValueError(f"{type(hf_model).__name__}: config has no image_token_id")
 
 
+def deepstack_levels(hf_model: nn.Module) -> int:
+    """S: the DeepStack feature levels the model adds to its first decoder layers (Qwen3-VL), else 0."""
+    if not family_of(hf_model).deepstack:
+        return 0
+    return len(hf_model.config.vision_config.deepstack_visual_indexes)
+
+
 def image_features(
     hf_model: nn.Module,
-    pixel_values: torch.Tensor,  # [S, C] Qwen patches of all images (or [num_tiles, 3, H, W] for InternVL)
+    pixel_values: torch.Tensor,  # [sum_patches, C] Qwen patches of all images (or [num_tiles, 3, H, W] for InternVL)
     image_layout: torch.Tensor | None,  # [I, 3] Qwen's image_grid_thw (InternVL's tiles_per_image: unused)
-) -> torch.Tensor:  # [K, D] the image tokens' embeddings, images in order
+) -> torch.Tensor:  # [K, (1+S)*D] the image tokens' embeddings, then S DeepStack levels (S = 0: [K, D]), images in order
     """Run the vision tower (with its merger/projector) on a batch of images."""
     if family_of(hf_model).image_layout == "grid":
         tower = vision_tower(hf_model)
         out = tower(pixel_values.to(next(tower.parameters()).dtype), grid_thw=image_layout)
         # transformers 5 returns an output object whose pooler_output is the merged tokens; 4.x a tensor.
-        return out.pooler_output if hasattr(out, "pooler_output") else out
+        if not hasattr(out, "pooler_output"):
+            return out
+        if deepstack_levels(hf_model):
+            # The vision tower's own output is unsplit in 5.17 and 5.23 (the model's get_image_features
+            # splits it per image in 5.23 only); levels in the order of deepstack_visual_indexes.
+            return torch.cat([out.pooler_output, *out.deepstack_features], dim=-1)  # [K, (1+S)*D]
+        return out.pooler_output
     # Native InternVL: vision tower, pixel shuffle and projector; [num_tiles, image_seq_length, D].
     # The layer and strategy are passed as the model's forward passes them (5.17 needs them explicit).
     config = hf_model.config
@@ -119,16 +142,16 @@ def build_sequences(
 
 
 def row_image_embeds(
-    features_per_prompt: list[torch.Tensor],  # B entries of [k_b, D]
+    features_per_prompt: list[torch.Tensor],  # B entries of [k_b, (1+S)*D]
     prompt_index: torch.Tensor,  # [n]
-) -> torch.Tensor | None:  # [sum k, D]
+) -> torch.Tensor | None:  # [sum k, (1+S)*D]
     """The image features of each row's prompt, in row order (what masked_scatter consumes)."""
     parts = [features_per_prompt[i] for i in prompt_index.tolist() if features_per_prompt[i].numel()]
     return torch.cat(parts) if parts else None
 
 
 def image_embeds_for(policy: "PolicyModel", batch, mb: "SequenceBatch", frozen_features: list[torch.Tensor] | None) -> torch.Tensor | None:
-    """The image features `[K, D]` of a micro-batch's rows (of `batch`, a `PromptBatch`): the shared
+    """The image features `[K, (1+S)*D]` of a micro-batch's rows (of `batch`, a `PromptBatch`): the shared
     frozen ones, or encoded now with grad (each prompt's images once, however many rows share it)."""
     if frozen_features is not None:
         return row_image_embeds(frozen_features, mb.prompt_index)
@@ -145,10 +168,11 @@ def features_per_prompt(
     image_layout: torch.Tensor | None,  # [I, 3] Qwen's image_grid_thw, or InternVL's tiles_per_image [I]
     images_per_prompt: list[int],  # [B]
 ) -> list[torch.Tensor]:
-    """Encode every image once and group the features by prompt: B entries of `[k_b, D]`."""
-    hidden = hf_model.config.get_text_config().hidden_size
+    """Encode every image once and group the features by prompt: B entries of `[k_b, (1+S)*D]` (the
+    image tokens' embeddings, then S DeepStack levels; S = 0 but for Qwen3-VL)."""
+    width = hf_model.config.get_text_config().hidden_size * (1 + deepstack_levels(hf_model))
     if pixel_values is None or image_layout is None or sum(images_per_prompt) == 0:
-        return [torch.zeros(0, hidden) for _ in images_per_prompt]
+        return [torch.zeros(0, width) for _ in images_per_prompt]
     per_image = split_per_image(image_features(hf_model, pixel_values, image_layout), tokens_per_image(hf_model, image_layout))
     out, start = [], 0
     for count in images_per_prompt:
@@ -169,20 +193,27 @@ class PolicyModel(nn.Module):
     def forward(
         self,
         batch: SequenceBatch,
-        image_embeds: torch.Tensor | None,  # [K, D] features for the image tokens of these rows, in order
+        image_embeds: torch.Tensor | None,  # [K, (1+S)*D] features for the image tokens of these rows, in order
         *,
         temperature: float = 1.0,
         with_entropy: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:  # logprobs [n, T], entropy [n, T] | None
         hf = self.hf
         embeds = hf.get_input_embeddings()(batch.input_ids)  # [n, L, D]
+        deepstack = {}
         if image_embeds is not None:
             mask = (batch.input_ids == image_token_id(hf)).unsqueeze(-1)  # [n, L, 1]
-            if int(mask.sum()) * embeds.shape[-1] != image_embeds.numel():
-                raise ValueError(f"{int(mask.sum())} image tokens in the rows but {image_embeds.shape[0]} image features")
-            embeds = embeds.masked_scatter(mask, image_embeds.to(embeds.dtype))
+            D, S = embeds.shape[-1], deepstack_levels(hf)
+            if tuple(image_embeds.shape) != (int(mask.sum()), (1 + S) * D):
+                raise ValueError(f"{int(mask.sum())} image tokens in the rows (hidden size {D}, {S} DeepStack levels) "
+                                 f"but image features of shape {tuple(image_embeds.shape)}")
+            tokens, *levels = image_embeds.split(D, dim=-1)  # [K, D], S x [K, D]
+            embeds = embeds.masked_scatter(mask, tokens.to(embeds.dtype))
+            if levels:  # Qwen3-VL: as its model forward passes them, image tokens in row-major order
+                deepstack = dict(visual_pos_masks=mask[..., 0], deepstack_visual_embeds=list(levels))
         out = hf.model.language_model(
-            inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False
+            inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False,
+            **deepstack,
         )
         hidden = out.last_hidden_state  # [n, L, D]
         T, L = batch.num_completion_tokens, batch.input_ids.shape[1]

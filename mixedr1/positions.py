@@ -4,6 +4,9 @@ Qwen2-VL / Qwen2.5-VL give every token three position components (temporal, heig
 tokens advance all three together; the `t·h·w / merge²` tokens of an image share the temporal index
 of the image's start and take its start plus their row and column in the merged patch grid; text
 after an image resumes at the image's start plus max(h, w) / merge. Padding (attention_mask 0) gets 0.
+Qwen3-VL's `get_rope_index` gives images the same positions (it differs only for videos, which it
+splits into one image per frame); its "interleaved" mRoPE is in how the rotary embedding assigns
+frequencies to the three components, inside the model, from these same `[3, B, L]` ids.
 
 Transformers computes this in `get_rope_index`, whose signature changed between releases (5.23 needs
 `mm_token_type_ids`); computing it here keeps one behaviour across versions, and the test checks it

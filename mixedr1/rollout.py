@@ -9,14 +9,20 @@
    rows (transformers 5.23 shares the vision encoder but not the language-model prefill; 5.17 shares
    neither). `share_prefix=False` does that too (the prompts repeated before the prefill); it exists
    for the tests and the benchmark.
-2. **Positions are explicit.** Qwen2-VL / Qwen2.5-VL use 3-D M-RoPE: text tokens advance all three
-   components together, an image's tokens get (t, h, w) grid coordinates, and the next text token
-   starts at `start + max(h, w) / merge`. `mixedr1.positions.mrope_position_ids` computes this (the rule of
+2. **Positions are explicit.** Qwen2-VL / Qwen2.5-VL / Qwen3-VL use 3-D M-RoPE: text tokens advance
+   all three components together, an image's tokens get (t, h, w) grid coordinates, and the next
+   text token starts at `start + max(h, w) / merge`. `mixedr1.positions.mrope_position_ids` computes this (the rule of
    transformers 5.x `get_rope_index` for images, checked against it in the tests), and every forward
    gets `position_ids [3, N, L]`. For a decode step all three components equal
    `max(prompt positions) + 1 + t` (= HF's `cache_len + rope_delta` for left-padded rows). Passing
    them explicitly means the model never reads or writes its stateful `model.model.rope_deltas`
    and never needs `mm_token_type_ids`, so the path is the same in 5.17 and 5.23.
+   Qwen3-VL takes the same `[3, N, L]` positions (its `get_rope_index` has the same rule for
+   images; the interleaving of its mRoPE is inside the rotary embedding). Its text model also
+   accepts `[4, N, L]` with 1-D text positions first, which `generate` passes; those only reach
+   the attention mask builder and the attention kernel, which get the attention mask here, so the
+   3-row form computes the same. Its DeepStack features are added by the model itself in the
+   prefill (the only forward with `pixel_values`); decode steps have no image tokens.
    Native InternVL (model_type "internvl") uses 1-D positions: the prompt's real tokens get
    0, 1, ... (left padding skipped, as `generate` does) and decode step t gets
    `position_ids [A, 1] = number of real prompt tokens + t`. Its images come as
@@ -289,9 +295,10 @@ def generate_rollout(
     `batch`: `input_ids [B, P]` LEFT-padded, `attention_mask [B, P]`, and for prompts with images
     `pixel_values [sum_patches, C]` and `image_grid_thw [num_images, 3]` (the Qwen processor's
     output), or InternVL's `pixel_values [num_tiles, 3, H, W]`; other keys are ignored. `model`: a
-    Qwen2-VL / Qwen2.5-VL `ForConditionalGeneration` or a native `InternVLForConditionalGeneration`,
-    plain or FSDP2-sharded. `generator`: a `torch.Generator` (any device; default: one on the
-    model's device seeded with `params.seed`); the same generator state gives the same rollout.
+    Qwen2-VL / Qwen2.5-VL / Qwen3-VL `ForConditionalGeneration` or a native
+    `InternVLForConditionalGeneration`, plain or FSDP2-sharded. `generator`: a `torch.Generator`
+    (any device; default: one on the model's device seeded with `params.seed`); the same generator
+    state gives the same rollout.
     """
     config = model.config
     try:
@@ -341,7 +348,9 @@ def _sample(
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)  # [B, P]
     prompts = {"input_ids": input_ids, "attention_mask": attention_mask}
     for key in ("pixel_values", "image_grid_thw") if mrope else ("pixel_values",):
-        if batch.get(key) is not None:
+        # Text-only prompts may come with empty image tensors (`rollout_in_chunks`); the Qwen vision
+        # towers fail on zero images, so those prompts take none, as the processor gives them.
+        if batch.get(key) is not None and batch[key].numel():
             prompts[key] = batch[key].to(device)
     num_prompts = input_ids.shape[0]
     rows = num_prompts * group
@@ -481,3 +490,13 @@ def concat_rollouts(parts: list[Rollout], pad_token_id: int) -> Rollout:
         prompt_index=torch.cat(prompt_index),
         finish_reason=[r for p in parts for r in p.finish_reason],
     )
+
+
+def derive_seed(*parts: int) -> int:
+    """A generator seed from a run's seed and positions (step, prompt index...): p0·1000003^(n-1) + ...
+    + p(n-1), wrapped into [0, 2^63) so that any 64-bit `train.seed` gives a valid torch seed. Below the
+    wrap it is the plain polynomial, so small seeds draw what they always drew."""
+    value = 0
+    for part in parts:
+        value = value * 1_000_003 + int(part)
+    return value % (1 << 63)

@@ -33,3 +33,8 @@ def tiny_qwen_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_internvl_dir(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny-internvl"), seed=0, family="internvl")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3vl_dir(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen3vl"), seed=0, family="qwen3_vl")

@@ -230,7 +230,6 @@ def test_processor_loads_from_an_official_style_qwen_directory(tiny_dir, process
 
     official = tmp_path / "official"
     shutil.copytree(tiny_dir, official)
-    (official / "processor_config.json").unlink()
     template = (official / "chat_template.jinja").read_text()
     (official / "chat_template.jinja").unlink()
     (official / "chat_template.json").write_text(json.dumps({"chat_template": template}))

@@ -58,6 +58,45 @@ def test_matches_transformers_with_left_padding_and_several_images(hf_model):
     assert torch.equal(next_position - attention_mask.sum(1), deltas.view(-1))
 
 
+@pytest.fixture(scope="module")
+def hf_qwen3vl_model():
+    from transformers import Qwen3VLConfig
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel
+
+    config = Qwen3VLConfig(
+        text_config=dict(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, head_dim=16, intermediate_size=64,
+                         rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [4, 2, 2],
+                                          "mrope_interleaved": True}),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32,
+                           patch_size=16, spatial_merge_size=2, num_position_embeddings=16, deepstack_visual_indexes=[0]),
+        image_token_id=IMG, video_token_id=8, vision_start_token_id=5, vision_end_token_id=6,
+    )
+    return Qwen3VLModel(config).eval()
+
+
+def test_matches_qwen3vl_get_rope_index(hf_qwen3vl_model):
+    """Qwen3-VL's own get_rope_index (interleaved mRoPE: the interleaving is in its rotary embedding)
+    gives images the positions of the Qwen2-VL rule, so the same `[3, B, L]` ids serve it."""
+    rows = [
+        row([1, 2, 3], [(1, 4, 6)], [9, 10]),  # one wide image
+        row([1], [(1, 6, 4), (1, 2, 2)], [9, 10, 11, 12]),  # two images, one tall
+        row([1, 2, 3, 4, 9, 10], [], []),  # text only
+        row([], [(1, 8, 2)], [9]),  # starts with an image
+    ]
+    grids = torch.tensor([[1, 4, 6], [1, 6, 4], [1, 2, 2], [1, 8, 2]])
+    L = max(len(r) for r in rows)
+    input_ids = torch.tensor([[0] * (L - len(r)) + r for r in rows])  # left padded
+    attention_mask = torch.tensor([[0] * (L - len(r)) + [1] * len(r) for r in rows])
+    ours, next_position = mrope_position_ids(input_ids, attention_mask, grids, IMG, 2)
+    theirs, deltas = hf_qwen3vl_model.get_rope_index(
+        input_ids, mm_token_type_ids=(input_ids == IMG).int(), image_grid_thw=grids, attention_mask=attention_mask
+    )
+    valid = attention_mask.bool()
+    assert torch.equal(ours[:, valid], theirs[:, valid])
+    assert torch.equal(next_position - attention_mask.sum(1), deltas.view(-1))
+
+
 def test_hand_computed_small_case():
     # [text, text, <img 2x2 merged: 4 tokens>, text]: text 0,1; image t=2, h=2+{0,1}, w=2+{0,1}; then 2+2=4
     ids = torch.tensor([[1, 2, IMG, IMG, IMG, IMG, 3]])

@@ -5,6 +5,7 @@ writes absolute pixels of the image AFTER the processor's resize, so `resized_im
 processor's own resize rule and `scale_box_to_model_frame` maps a box into that frame. InternVL sees
 an image as several tiles and has no single resized frame: it writes boxes normalised to 0-1000
 (`mixedr1.families.NORMALISED_BOX_FRAME`), so its "model frame" is 1000 x 1000 whatever the size.
+Qwen3-VL, though it resizes like Qwen2.5-VL, also reads and writes 0-1000 boxes (its README).
 Which convention a processor follows is the family's (`mixedr1.families`).
 """
 
@@ -18,7 +19,7 @@ from mixedr1.families import NORMALISED_BOX_FRAME, family_of_processor
 
 
 def uses_normalised_boxes(processor) -> bool:
-    """True when the processor's family reads and writes boxes in the 0-1000 frame (InternVL)."""
+    """True when the processor's family reads and writes boxes in the 0-1000 frame (InternVL, Qwen3-VL)."""
     family = family_of_processor(processor)
     return family is not None and family.box_frame == "normalised"
 
@@ -56,7 +57,7 @@ def resized_image_size(processor, height: int, width: int) -> tuple[int, int]:
 
     Qwen: `smart_resize` with factor = patch_size * merge_size and the processor's min/max pixels
     (taken from the processor's own module, so it is the rule the processor actually runs).
-    InternVL: the 1000 x 1000 frame of its normalised box coordinates (see the module docstring).
+    InternVL, Qwen3-VL: the 1000 x 1000 frame of their normalised box coordinates (see the module docstring).
     Processors that resize to a fixed size (`size = {height, width}`) return that size.
     """
     if uses_normalised_boxes(processor):

@@ -2,7 +2,7 @@
 
 - `load_model` / `load_policy_and_processor`: local directories only (`local_files_only=True`),
   every family of `mixedr1.families` (Qwen2.5-VL, the paper's; Qwen2-VL; InternVL in transformers'
-  native format) through `AutoModelForImageTextToText`.
+  native format; Qwen3-VL) through `AutoModelForImageTextToText`.
 - `mixedr1.models.processors`: the image-only processors (no torchvision) and `load_processor`.
 - `mixedr1.models.tiny`: random tiny models of each family for tests and the CPU demo
   (`python -m mixedr1.models tiny --out DIR [--family NAME]`).
@@ -110,8 +110,9 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
 def load_policy_and_processor(model_cfg: ModelConfig, device: str | torch.device, *, tiny_dir: str | Path | None = None):
     """The policy (with the config's freezing and checkpointing applied) and its processor.
 
-    `model_cfg.path == "tiny"` builds the random tiny Qwen2.5-VL into `tiny_dir` (or a fresh temporary
-    folder) unless a model is already there, so the reference model can be loaded from the same place.
+    `model_cfg.path == "tiny"` builds the random tiny model of `model_cfg.tiny_family` into `tiny_dir`
+    (or a fresh temporary folder) unless a model is already there, so the reference model can be
+    loaded from the same place.
     Returns `(model, processor, path)`.
     """
     path = Path(model_cfg.path)
@@ -122,7 +123,7 @@ def load_policy_and_processor(model_cfg: ModelConfig, device: str | torch.device
 
         path = Path(tiny_dir) if tiny_dir is not None else Path(tempfile.mkdtemp(prefix="mixedr1-tiny-"))
         if not (path / "config.json").is_file():
-            build_tiny_model(path)
+            build_tiny_model(path, family=model_cfg.tiny_family)
     model = load_model(
         path,
         dtype=model_cfg.dtype,

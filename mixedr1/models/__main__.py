@@ -10,7 +10,7 @@ from mixedr1.models.tiny import TINY_BUILDERS, build_tiny_model
 
 
 def _main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mixedr1.models", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mixedr1.models", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     tiny = sub.add_parser("tiny", help="write a random tiny model of --family to --out")
     tiny.add_argument("--out", required=True)

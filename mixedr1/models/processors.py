@@ -6,11 +6,27 @@
   processor here holds the PIL/numpy image processor and the tokenizer and nothing else. It calls
   the same code as the stock processor for text and images (same `input_ids`, `pixel_values`,
   `image_grid_thw`).
+- `Qwen3VLImageOnlyProcessor`: the same for Qwen3-VL. `Qwen3VLProcessor` (transformers 5.17 and
+  5.23) expands images exactly as `Qwen2_5_VLProcessor` does (`<|image_pad|>` * t*h*w / merge**2,
+  with Qwen2-VL's image processor, here with 16 px patches and mean = std = 0.5 from the
+  checkpoint's config); it only differs for videos (timestamps) and in not asking the tokenizer for
+  `token_type_ids`, which Qwen's tokenizers never return. So the class is the Qwen2.5-VL one under
+  its own name: the name is what tells the families apart (`mixedr1.families`: Qwen3-VL writes
+  boxes in 0-1000, Qwen2.5-VL in pixels, with the same image processor class).
 - `InternVLImageOnlyProcessor`: the same idea for InternVL in transformers' native format
   (`InternVLForConditionalGeneration`, model_type "internvl", e.g. InternVL2.5-4B-MPO-hf): the
   PIL/numpy GOT-OCR2 image processor (448 px tiles, InternVL's dynamic tiling with a thumbnail), the
   tokenizer and the chat template, expanding each `<IMG_CONTEXT>` placeholder into
   `<img>` + `<IMG_CONTEXT>` * image_seq_length * tiles + `</img>` exactly as `InternVLProcessor` does.
+
+Saving (`save_pretrained`, so checkpoints and the tiny models) writes the files a released model
+directory has, naming transformers' own classes and never ours, so that `AutoProcessor`, vLLM and
+lmms-eval load a checkpoint as they load its base model: `preprocessor_config.json` (the image
+processor, e.g. "Qwen2VLImageProcessor", with "processor_class": "Qwen2_5_VLProcessor"), the tokenizer
+files (same "processor_class"), `chat_template.jinja`, and for InternVL `processor_config.json`
+("image_seq_length", "processor_class": "InternVLProcessor"), as OpenGVLab/InternVL3-1B-hf has. No
+`video_preprocessor_config.json`: the released Qwen2.5-VL and InternVL3-hf directories have none,
+and transformers' video processors fall back to `preprocessor_config.json` (the image settings).
 """
 
 from __future__ import annotations
@@ -22,9 +38,10 @@ from typing import Optional
 
 from transformers import AutoConfig, AutoProcessor, AutoTokenizer, Qwen2_5_VLProcessor
 from transformers.feature_extraction_utils import BatchFeature
+from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 from transformers.processing_utils import ProcessorMixin
 
-from mixedr1.families import FAMILIES, family_of_dir
+from mixedr1.families import family_of_dir
 
 
 def local_dir(path: str | Path, what: str, need_config: bool = True) -> Path:
@@ -33,7 +50,8 @@ def local_dir(path: str | Path, what: str, need_config: bool = True) -> Path:
     if not path.is_dir():
         raise FileNotFoundError(
             f"{what} directory not found: {path} (expected a local Hugging Face directory with config.json; "
-            f"models are never downloaded, copy or `huggingface-cli download` them first)"
+            f"models are never downloaded at run time: fetch one first, e.g. `hf download Qwen/Qwen2.5-VL-7B-Instruct "
+            f"--local-dir {path}`)"
         )
     if need_config and not (path / "config.json").is_file():
         raise FileNotFoundError(f"{what} directory {path} has no config.json: is it a Hugging Face model directory?")
@@ -82,6 +100,29 @@ class QwenVLImageOnlyProcessor(Qwen2_5_VLProcessor):
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         return cls(image_processor, tokenizer, chat_template=_read_chat_template(path, tokenizer))
 
+    # The stock processor the saved files name when the directory has no config.json to ask.
+    stock_processor_class = "Qwen2_5_VLProcessor"
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs) -> list[str]:
+        """Write the processor files of a released Qwen2.5-VL directory (module docstring), naming
+        Qwen2VLImageProcessor and the stock processor of the model saved there (Qwen2VLProcessor
+        for a Qwen2-VL checkpoint). The pixel bounds are written twice, as the released file has
+        them: `size` (transformers 5) and top-level `min_pixels` / `max_pixels` (older readers)."""
+        image_config = json.loads(self.image_processor.to_json_string())
+        size = image_config.get("size") or {}
+        if "shortest_edge" in size and "longest_edge" in size:
+            image_config.update(min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"])
+        return _save_in_stock_layout(
+            self, save_directory, push_to_hub, image_config, "Qwen2VLImageProcessor", self.stock_processor_class
+        )
+
+
+class Qwen3VLImageOnlyProcessor(QwenVLImageOnlyProcessor):
+    """Qwen3-VL's processor with only `image_processor` and `tokenizer` (see the module docstring:
+    the text and image handling of `Qwen3VLProcessor` are Qwen2.5-VL's)."""
+
+    stock_processor_class = "Qwen3VLProcessor"  # saved files name it: it tells Qwen3-VL from Qwen2.5-VL
+
 
 def _read_chat_template(path: Path, tokenizer) -> Optional[str]:
     """transformers 5 saves `chat_template.jinja`; older checkpoints (e.g. the official Qwen2.5-VL)
@@ -92,6 +133,56 @@ def _read_chat_template(path: Path, tokenizer) -> Optional[str]:
         with open(path / "chat_template.json") as f:
             return json.load(f)["chat_template"]
     return getattr(tokenizer, "chat_template", None)
+
+
+def _stock_processor_class(save_directory: Path, default: str) -> str:
+    """The processor class transformers registers for the model whose config.json is already in
+    `save_directory` (checkpoints and the tiny models save the model first), else `default`."""
+    if (save_directory / "config.json").is_file():
+        with open(save_directory / "config.json", encoding="utf-8") as f:
+            name = PROCESSOR_MAPPING_NAMES.get(json.load(f).get("model_type", ""))
+        if isinstance(name, str):
+            return name
+    return default
+
+
+def _write_json(path: Path, content: dict) -> str:
+    path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")  # as transformers writes them
+    return str(path)
+
+
+def _save_in_stock_layout(
+    processor: ProcessorMixin,
+    save_directory,
+    push_to_hub: bool,
+    image_config: dict,
+    image_processor_type: str,
+    default_processor_class: str,
+    processor_config: Optional[dict] = None,
+) -> list[str]:
+    """Write an image-only processor as transformers' own processor appears in a released model
+    directory (module docstring): `preprocessor_config.json` = `image_config` with the stock class
+    names, the tokenizer files, `chat_template.jinja`, and `processor_config` (when given) as the
+    legacy flat `processor_config.json`. Returns the files written."""
+    if push_to_hub:
+        raise ValueError(f"{type(processor).__name__}.save_pretrained writes a local directory only (push_to_hub is not supported)")
+    save_directory = Path(save_directory)
+    save_directory.mkdir(parents=True, exist_ok=True)
+    processor_class = _stock_processor_class(save_directory, default_processor_class)
+    image_config = {**image_config, "image_processor_type": image_processor_type, "processor_class": processor_class}
+    written = [_write_json(save_directory / "preprocessor_config.json", image_config)]
+    if processor_config is not None:
+        written.append(_write_json(save_directory / "processor_config.json", {**processor_config, "processor_class": processor_class}))
+    else:
+        # transformers 5 reads a (nested) processor_config.json before preprocessor_config.json, so a
+        # stale one from an earlier save would shadow the file just written.
+        (save_directory / "processor_config.json").unlink(missing_ok=True)
+    processor.tokenizer._set_processor_class(processor_class)  # what ProcessorMixin.save_pretrained does
+    written += [str(f) for f in processor.tokenizer.save_pretrained(save_directory)]
+    if isinstance(processor.chat_template, str):
+        (save_directory / "chat_template.jinja").write_text(processor.chat_template, encoding="utf-8")
+        written.append(str(save_directory / "chat_template.jinja"))
+    return written
 
 
 class InternVLImageOnlyProcessor(ProcessorMixin):
@@ -171,6 +262,26 @@ class InternVLImageOnlyProcessor(ProcessorMixin):
         return cls(image_processor, tokenizer, image_seq_length=int(image_seq_length),
                    chat_template=_read_chat_template(path, tokenizer))
 
+    # The stock processor the saved files name when the directory has no config.json to ask.
+    stock_processor_class = "InternVLProcessor"
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs) -> list[str]:
+        """Write the processor files of a released InternVL `-hf` directory (module docstring):
+        GotOcr2ImageProcessor and InternVLProcessor, whose `image_seq_length` goes into the flat
+        `processor_config.json` as in OpenGVLab/InternVL3-1B-hf."""
+        return _save_in_stock_layout(
+            self, save_directory, push_to_hub, json.loads(self.image_processor.to_json_string()),
+            "GotOcr2ImageProcessor", self.stock_processor_class, {"image_seq_length": self.image_seq_length},
+        )
+
+
+# The image-only processor of each family of `mixedr1.families`, by family name.
+IMAGE_ONLY_PROCESSORS = {
+    "qwen2_5_vl": QwenVLImageOnlyProcessor,
+    "qwen3_vl": Qwen3VLImageOnlyProcessor,
+    "internvl": InternVLImageOnlyProcessor,
+}
+
 
 def load_processor(
     path: str | Path,
@@ -181,19 +292,20 @@ def load_processor(
 ):
     """The processor of a local model directory.
 
-    Qwen2-VL / Qwen2.5-VL get `QwenVLImageOnlyProcessor` (PIL image processor, no torchvision), with
-    `min_pixels` / `max_pixels` (bounds on H*W after resize) set on the image processor when given.
-    Native InternVL gets `InternVLImageOnlyProcessor` (same reason). Other families go through
-    `AutoProcessor` (their video processors may need torchvision).
+    Every family of `mixedr1.families` gets its image-only processor (`IMAGE_ONLY_PROCESSORS`: PIL
+    image processor, no torchvision). The Qwen families (image layout "grid": Qwen2-VL, Qwen2.5-VL,
+    Qwen3-VL) take `min_pixels` / `max_pixels` (bounds on H*W after resize), set on the image
+    processor when given. Other directories go through `AutoProcessor` (their video processors may
+    need torchvision).
     """
     path = local_dir(path, "processor", need_config=False)
     family = family_of_dir(path)
-    if family is FAMILIES["qwen2_5_vl"]:
-        return QwenVLImageOnlyProcessor.from_pretrained(path, min_pixels=min_pixels, max_pixels=max_pixels)
+    if family is not None and family.image_layout == "grid":
+        return IMAGE_ONLY_PROCESSORS[family.name].from_pretrained(path, min_pixels=min_pixels, max_pixels=max_pixels)
     if min_pixels is not None or max_pixels is not None:
-        raise ValueError(f"{path}: model.min_pixels / model.max_pixels only apply to Qwen2-VL / Qwen2.5-VL processors")
-    if family is FAMILIES["internvl"]:
-        return InternVLImageOnlyProcessor.from_pretrained(path)
+        raise ValueError(f"{path}: model.min_pixels / model.max_pixels only apply to Qwen-VL processors (Qwen2-VL, Qwen2.5-VL, Qwen3-VL)")
+    if family is not None:
+        return IMAGE_ONLY_PROCESSORS[family.name].from_pretrained(path)
     try:
         return AutoProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
     except ImportError as e:

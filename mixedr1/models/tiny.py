@@ -18,9 +18,16 @@ from transformers import (
     InternVLForConditionalGeneration,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
 )
 
-from mixedr1.models.processors import InternVLImageOnlyProcessor, QwenVLImageOnlyProcessor, pil_image_processor_class
+from mixedr1.models.processors import (
+    InternVLImageOnlyProcessor,
+    Qwen3VLImageOnlyProcessor,
+    QwenVLImageOnlyProcessor,
+    pil_image_processor_class,
+)
 
 QWEN_SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -249,4 +256,105 @@ def build_tiny_internvl(out_dir: str | Path, seed: int = 0, tile_size: int = 56,
     return out_dir
 
 
-TINY_BUILDERS = {"qwen2_5_vl": build_tiny_qwen25vl, "internvl": build_tiny_internvl}
+# Qwen3-VL-Instruct's chat template, reduced like QWEN_CHAT_TEMPLATE: the same ChatML turns and image
+# placeholder (<|vision_start|><|image_pad|><|vision_end|>), but no default system prompt (Qwen3-VL
+# writes a system turn only when the messages have one).
+QWEN3_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_qwen3vl(out_dir: str | Path, seed: int = 0, max_pixels: int = 32 * 32 * 16) -> Path:
+    """Write a random tiny Qwen3-VL (weights, tokenizer, chat template, generation config, image-only
+    processor) to `out_dir`; a few MB. 16 px patches merged 2x2, so `max_pixels` caps the resized
+    image at 16 merged tokens. DeepStack is on: both vision blocks feed a level (indexes [0, 1]),
+    added after text decoder layers 0 and 1. The language model has 3 layers, not 2 like the other
+    tiny models: a level added after the LAST layer only changes the image tokens' own outputs, so
+    it would never reach a completion's log-probs (Qwen3-VL-8B: 3 levels into 36 layers)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = _train_tiny_tokenizer()
+    token_id = tokenizer.convert_tokens_to_ids
+    hidden = 64
+    config = Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,
+            max_position_embeddings=4096,
+            # Interleaved M-RoPE over head_dim/2 = 16 frequencies: h takes 1, 4, ..., 13 and w 2, 5,
+            # ..., 14 (5 each), t the other 6; Qwen3-VL-8B: [24, 20, 20] of 64.
+            rope_parameters={"rope_type": "default", "rope_theta": 5_000_000.0, "mrope_section": [6, 5, 5],
+                             "mrope_interleaved": True},
+            bos_token_id=token_id("<|endoftext|>"),
+            eos_token_id=token_id("<|im_end|>"),
+            pad_token_id=token_id("<|endoftext|>"),
+            tie_word_embeddings=False,
+        ),
+        vision_config=dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            patch_size=16,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            out_hidden_size=hidden,
+            num_position_embeddings=64,  # an 8 x 8 learned grid, interpolated to each image's patch grid
+            deepstack_visual_indexes=[0, 1],
+        ),
+        image_token_id=token_id("<|image_pad|>"),
+        video_token_id=token_id("<|video_pad|>"),
+        vision_start_token_id=token_id("<|vision_start|>"),
+        vision_end_token_id=token_id("<|vision_end|>"),
+        tie_word_embeddings=False,
+    )
+    _save_random_model(Qwen3VLForConditionalGeneration, config, tokenizer, seed, out_dir)
+
+    factor = 16 * 2  # patch_size * merge_size
+    image_processor = pil_image_processor_class("qwen2_vl", "Qwen2VLImageProcessor")(
+        patch_size=16, min_pixels=factor * factor * 4, max_pixels=max_pixels, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+    )
+    processor = Qwen3VLImageOnlyProcessor(image_processor, tokenizer, chat_template=QWEN3_VL_CHAT_TEMPLATE)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+TINY_BUILDERS = {"qwen2_5_vl": build_tiny_qwen25vl, "internvl": build_tiny_internvl, "qwen3_vl": build_tiny_qwen3vl}
+
+
+def prepare_demo_inputs(cfg, run_dir: Path, is_main: bool):
+    """The quick start's inputs: `model.path: tiny` and `data.synth_items > 0` build a tiny model and
+    synthetic data into the run directory (rank 0; every rank waits); returns the config pointing at them."""
+    import dataclasses
+
+    from mixedr1 import distributed
+    from mixedr1.data.synth import write_synthetic_dataset
+
+    if cfg.model.path == "tiny":
+        tiny_dir = run_dir / "tiny-model"
+        if is_main and not (tiny_dir / "config.json").is_file():
+            build_tiny_model(tiny_dir, seed=cfg.train.seed, family=cfg.model.tiny_family)
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(tiny_dir)))
+    if cfg.data.synth_items > 0:
+        data_dir = run_dir / "data"
+        if is_main and not (data_dir / "train.jsonl").is_file():
+            write_synthetic_dataset(data_dir, cfg.data.synth_items, seed=cfg.train.seed,
+                                    heldout_per_type=cfg.data.synth_heldout_items)
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+            cfg.data, data_root=str(data_dir), train_file="train.jsonl"))
+    distributed.barrier()
+    return cfg
