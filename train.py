@@ -23,25 +23,42 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import torch
+from mixedr1.config import Config, ConfigError, load_config, run_main, save_config
 
-from mixedr1 import distributed
-from mixedr1.checkpoint import latest_checkpoint, load_train_state, save_checkpoint
-from mixedr1.config import Config, ConfigError, load_config, save_config
-from mixedr1.data.batch import collate, sft_completions
-from mixedr1.data.dataset import Record, load_heldout, load_training_records, records_for_step
-from mixedr1.data.synth import write_synthetic_dataset
-from mixedr1.grpo import grpo_policy_loss, group_advantages, loss_normalizers
-from mixedr1.heldout import eval_table, evaluate, format_eval
-from mixedr1.metrics import rollout_sums
-from mixedr1.models import load_policy_and_processor
-from mixedr1.models.tiny import build_tiny_model
-from mixedr1.optim import build_optimizer, optimizer_step
-from mixedr1.policy import PolicyModel, build_sequences, features_per_prompt, image_embeds_for, row_image_embeds
-from mixedr1.reference import load_reference, rebase_reference_after_warmup, reference_on, reference_path
-from mixedr1.rewards.context import make_reward_context, score_groups, with_embedding_table
-from mixedr1.rollout import decode_completions, eos_token_ids, rollout_in_chunks, sampling_params_from_config
-from mixedr1.runlog import RunLog, progress_bar
+
+def parse_command_line(argv: list[str]) -> Config | None:
+    """The config of `train.py CONFIG [key=value ...]`; None for --help. Runs before torch is imported,
+    so --help and config errors answer at once."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return None
+    try:
+        return load_config(argv[0], argv[1:])
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__" and parse_command_line(sys.argv[1:]) is None:
+    raise SystemExit(0)
+
+import torch  # noqa: E402  (after the command line is checked: importing torch takes seconds)
+
+from mixedr1 import distributed  # noqa: E402
+from mixedr1.checkpoint import checkpoint_step, load_train_state, save_checkpoint  # noqa: E402
+from mixedr1.data.batch import collate, sft_completions  # noqa: E402
+from mixedr1.data.dataset import Record, load_heldout, load_training_records, records_for_step  # noqa: E402
+from mixedr1.grpo import grpo_policy_loss, group_advantages, loss_normalizers  # noqa: E402
+from mixedr1.heldout import eval_table, evaluate, format_eval  # noqa: E402
+from mixedr1.metrics import rollout_sums  # noqa: E402
+from mixedr1.models import load_policy_and_processor  # noqa: E402
+from mixedr1.models.tiny import prepare_demo_inputs  # noqa: E402
+from mixedr1.optim import build_optimizer, optimizer_step  # noqa: E402
+from mixedr1.policy import PolicyModel, build_sequences, features_per_prompt, image_embeds_for, row_image_embeds  # noqa: E402
+from mixedr1.reference import load_reference, rebase_reference_after_warmup, reference_on, reference_path  # noqa: E402
+from mixedr1.rewards.context import make_reward_context, score_groups, with_embedding_table  # noqa: E402
+from mixedr1.rollout import decode_completions, derive_seed, eos_token_ids, rollout_in_chunks, sampling_params_from_config  # noqa: E402
+from mixedr1.runlog import RunLog, claim_run_dir, progress_bar  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -60,44 +77,60 @@ class Run:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
+    cfg = parse_command_line(sys.argv[1:] if argv is None else argv)
+    if cfg is None:
         return {}
-    try:
-        cfg = load_config(argv[0], argv[1:])
-    except ConfigError as e:
-        raise SystemExit(f"config error: {e}")
     dist = distributed.init_distributed(cfg.distributed.backend)
     if cfg.train.prompts_per_step % dist.world_size:
         raise SystemExit(f"config error: train.prompts_per_step={cfg.train.prompts_per_step} must be divisible by "
                          f"the number of ranks ({dist.world_size}) so that every group stays on one rank")
     run_dir = Path(cfg.output_dir)
-    log = RunLog(run_dir, enabled=dist.is_main, tensorboard=cfg.log.tensorboard)
+    resume_from, passed_over = claim_run_dir(run_dir, cfg.train.resume, cfg.train.overwrite, dist.is_main)
+    total_steps = cfg.train.sft_warmup_steps + cfg.train.steps
+    if resume_from is not None and checkpoint_step(resume_from) >= total_steps:
+        distributed.print0(f"{run_dir}: finished at step {checkpoint_step(resume_from)} of {total_steps}; nothing to do")
+        distributed.destroy_distributed()
+        return {}
+    log = RunLog(run_dir, enabled=dist.is_main, tensorboard=cfg.log.tensorboard,
+                 resume_step=checkpoint_step(resume_from) if resume_from else (0 if cfg.train.resume else None))
+    try:
+        for line in passed_over:
+            log.warning(line)
+        return train(cfg, dist, log, run_dir, resume_from, total_steps)
+    finally:
+        log.close()
+        distributed.destroy_distributed()
+
+
+def train(cfg: Config, dist: distributed.DistInfo, log: RunLog, run_dir: Path, resume_from: Path | None,
+          total_steps: int) -> dict:
     torch.manual_seed(cfg.train.seed)
     if cfg.train.cpu_threads and dist.device.type == "cpu":
         torch.set_num_threads(cfg.train.cpu_threads)
 
     # ---- inputs: the demo builds its tiny model and synthetic data into the run directory ----------
-    cfg = prepare_demo_inputs(cfg, run_dir, dist)
+    cfg = prepare_demo_inputs(cfg, run_dir, dist.is_main)
     if dist.is_main:
         save_config(cfg, run_dir / "config.yaml")
     records, report = load_training_records(cfg.data, cfg.train.seed)
-    log.info(report.summary())
-    heldout = load_heldout(cfg.data)
+    heldout, heldout_report = load_heldout(cfg.data)
+    for part in filter(None, (report, heldout_report)):
+        log.info(part.summary())
+    if dist.is_main and report.n_bad:
+        log.info(f"skipped records: {report.write_skipped(run_dir / 'skipped.jsonl')}")
 
     # ---- models, optimizer, and the state of a resumed run ---------------------------------------
-    resume_from = latest_checkpoint(run_dir) if cfg.train.resume else None
     run = setup(cfg, dist, log, resume_from)
     start_step, nonfinite_in_a_row = 0, 0
     if resume_from is not None:
         state = load_train_state(resume_from, run.policy, run.optimizer, run.scheduler, rank=dist.rank)
         start_step, nonfinite_in_a_row = state["step"], state["nonfinite_in_a_row"]
         log.info(f"resumed from {resume_from} at step {start_step}")
+    elif cfg.train.resume:
+        log.info(f"train.resume: no checkpoint in {run_dir / 'checkpoints'}; starting at step 0")
 
     # ---- the loop: SFT warm-up steps first (if any), then GRPO (or SFT throughout for the baseline) --
     summary = {}
-    total_steps = cfg.train.sft_warmup_steps + cfg.train.steps
     first_rl_step = cfg.train.sft_warmup_steps if cfg.train.algorithm == "grpo" else 0
     progress = progress_bar(total_steps, start_step, enabled=dist.is_main and cfg.log.progress_bar)
     for step in range(start_step, total_steps):
@@ -118,20 +151,20 @@ def main(argv: list[str] | None = None) -> dict:
                 metrics = grpo_step(run, step_records, step)
         metrics["time/step"] = time.perf_counter() - t0
         metrics["perf/tokens_per_s_per_device"] = metrics.pop("perf/tokens") / metrics["time/step"] / dist.world_size
-
         metrics["optim/lr"] = run.scheduler.get_last_lr()[0]
-        if math.isfinite(metrics["loss/total"]):
-            run.scheduler.step()
-            nonfinite_in_a_row = 0
-        else:  # the optimizer step was skipped inside the step function
-            nonfinite_in_a_row += 1
-            log.warning(f"step {step}: non-finite loss ({metrics['loss/total']}); optimizer step skipped "
+        run.scheduler.step()  # every step, skipped or not: the schedule follows the global step
+
+        # Steps are numbered from 1 in the log, metrics and checkpoints (step + 1 steps are done).
+        finite = math.isfinite(metrics["loss/total"])
+        nonfinite_in_a_row = 0 if finite else nonfinite_in_a_row + 1
+        if not finite or (step + 1) % cfg.log.every == 0 or step + 1 == total_steps:
+            log.metrics(step + 1, metrics)
+        if not finite:  # the optimizer step was skipped inside the step function
+            log.warning(f"step {step + 1}: non-finite loss ({metrics['loss/total']}); optimizer step skipped "
                         f"({nonfinite_in_a_row} in a row, limit train.max_nonfinite_steps={cfg.train.max_nonfinite_steps})")
             if nonfinite_in_a_row >= cfg.train.max_nonfinite_steps:
                 raise RuntimeError(f"{nonfinite_in_a_row} non-finite losses in a row: stopping. Lower optim.lr, "
                                    f"check the data and the model dtype, or resume from the last checkpoint.")
-        if (step + 1) % cfg.log.every == 0 or step + 1 == total_steps:
-            log.metrics(step + 1, metrics)
         progress.update(1)
         progress.set_postfix(reward=f"{metrics.get('reward/total', float('nan')):.3f}", loss=f"{metrics['loss/total']:.4f}")
 
@@ -146,8 +179,6 @@ def main(argv: list[str] | None = None) -> dict:
         log.info(f"held-out after {cfg.train.algorithm}: " + format_eval(summary["after"]))
         if "before" in summary:
             distributed.print0(eval_table(summary["before"], summary["after"]))
-    log.close()
-    distributed.destroy_distributed()
     return summary
 
 
@@ -166,7 +197,7 @@ def grpo_step(run: Run, step_records: list[Record], step: int) -> dict:
     params = sampling_params_from_config(cfg.rollout, eos_token_ids=eos_token_ids(hf, tokenizer),
                                          pad_token_id=tokenizer.pad_token_id)
     first_prompt = dist.rank * len(step_records)  # global index of this rank's first prompt
-    seed_of_call = lambda start: (cfg.train.seed * 1_000_003 + step) * 1_000_003 + first_prompt + start  # noqa: E731
+    seed_of_call = lambda start: derive_seed(cfg.train.seed, step, first_prompt + start)  # noqa: E731
     with distributed.gathered_for_generation(policy, cfg.distributed.reshard_after_forward):
         rollout = rollout_in_chunks(hf, batch, params, seed_of_call, cfg.rollout.prompts_per_batch)
         metrics["time/rollout"] = time.perf_counter() - t0
@@ -219,6 +250,7 @@ def grpo_step(run: Run, step_records: list[Record], step: int) -> dict:
                 mb = seq.rows(idx)
                 old_logprobs[idx] = policy(mb, image_embeds_for(policy, batch, mb, frozen_features),
                                            temperature=cfg.rollout.temperature)[0]
+    skipped_updates = 0
     for _ in range(cfg.grpo.updates_per_rollout):
         stats = defaultdict(float)
         for idx in micro_batches:
@@ -238,6 +270,10 @@ def grpo_step(run: Run, step_records: list[Record], step: int) -> dict:
             for key, value in loss_stats.items():
                 stats[f"loss/{key}"] += float(value)
         metrics.update(optimizer_step(policy, run.optimizer, stats, cfg))
+        skipped_updates += not math.isfinite(metrics["loss/total"])
+    if skipped_updates:  # one non-finite update of μ makes the step non-finite, whatever the last one gave
+        metrics["loss/total"] = float("nan")
+    metrics["optim/skipped_updates"] = skipped_updates
     metrics["time/update"] = time.perf_counter() - t0
 
     # ---- metrics, averaged over ranks --------------------------------------------------------------
@@ -247,7 +283,7 @@ def grpo_step(run: Run, step_records: list[Record], step: int) -> dict:
     metrics["completion/length_max"] = max(distributed.all_gather_objects(float(rollout.completion_lengths.max())))
     metrics["perf/tokens"] = float(distributed.all_reduce_sum(seq.attention_mask.sum().double()))
     if dist.is_main and step % cfg.log.sample_every == 0:
-        run.log.samples(step, [
+        run.log.samples(step + 1, [
             {"id": batch.records[i // G].id, "problem_type": batch.records[i // G].problem_type,
              "reward": breakdowns[i].total, "completion": texts[i]} for i in range(0, len(texts), G)
         ])
@@ -307,23 +343,5 @@ def setup(cfg: Config, dist: distributed.DistInfo, log: RunLog, resume_from: Pat
                make_reward_context(cfg, processor, dist.device))
 
 
-def prepare_demo_inputs(cfg: Config, run_dir: Path, dist) -> Config:
-    """`model.path: tiny` and `data.synth_items > 0` build their inputs into the run directory (rank 0)."""
-    if cfg.model.path == "tiny":
-        tiny_dir = run_dir / "tiny-model"
-        if dist.is_main and not (tiny_dir / "config.json").is_file():
-            build_tiny_model(tiny_dir, seed=cfg.train.seed)
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(tiny_dir)))
-    if cfg.data.synth_items > 0:
-        data_dir = run_dir / "data"
-        if dist.is_main and not (data_dir / "train.jsonl").is_file():
-            write_synthetic_dataset(data_dir, cfg.data.synth_items, seed=cfg.train.seed,
-                                    heldout_per_type=cfg.data.synth_heldout_items)
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(
-            cfg.data, data_root=str(data_dir), train_file="train.jsonl"))
-    distributed.barrier()
-    return cfg
-
-
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -82,7 +82,7 @@ def main(argv=None) -> None:
         f"rollout.group_size={args.group_size}", f"rollout.max_new_tokens={args.max_new_tokens}",
         f"rollout.prompts_per_batch={args.prompts}", f"grpo.beta={args.beta}", f"train.steps={args.steps}",
         f"train.prompts_per_step={args.prompts}", f"train.micro_batch_size={args.micro_batch}",
-        "checkpoint.every=0", "checkpoint.keep_last=1", "log.progress_bar=false", "log.tensorboard=false",
+        "checkpoint.every=0", "checkpoint.keep_last=1", "log.progress_bar=false", "log.tensorboard=false", "train.overwrite=true",
         "train.cpu_threads=1" if args.size == "tiny" else "train.cpu_threads=0",
     ]
     if args.size != "tiny":

@@ -20,6 +20,7 @@ starts with a banner saying the numbers are toy-scale and mean nothing about the
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -307,6 +308,11 @@ def execute_notebook(notebook: str | Path, results: str | Path, out: Optional[Pa
 
 
 if __name__ == "__main__":
-    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("results")
+    parser = argparse.ArgumentParser(prog="python experiments/report.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", nargs="?", default="results", help="a results folder written by experiments/launch.py")
+    folder = Path(parser.parse_args().results)
+    if not folder.is_dir():
+        print(f"error: {folder}: no such results folder (experiments/launch.py writes one)", file=sys.stderr)
+        raise SystemExit(2)
     for written in write_report(folder):
         print(written)

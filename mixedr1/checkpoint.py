@@ -5,16 +5,21 @@
         tokenizer / processor files                              <- so eval.py and from_pretrained need nothing else
         train_state.pt        optimizer (full, FQN-keyed), scheduler, step, data position, RNG of rank 0
         rng_rank{r}.pt        RNG states of every rank (torch, CUDA, python, numpy)
+        manifest.json         size and SHA-256 of every file above, written last
 
 A checkpoint is written into `step-N.tmp` and renamed to `step-N` only when complete, so a run killed
 mid-save leaves the previous good checkpoint as the latest; stale `.tmp` folders are removed at the
-next save. Weights and optimizer state are gathered to full tensors with torch's distributed
+next save. A resume (`find_resume_checkpoint`) takes the newest checkpoint whose files all match its
+manifest and says why any newer one was passed over (no manifest, a file missing, truncated or
+changed). Weights and optimizer state are gathered to full tensors with torch's distributed
 state-dict API, which serves plain and FSDP2-sharded models alike; loading goes through the same API
 (`broadcast_from_rank0`). Everything is read with `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import re
@@ -40,18 +45,72 @@ def checkpoint_root(output_dir: str | Path) -> Path:
     return Path(output_dir) / "checkpoints"
 
 
+MANIFEST = "manifest.json"
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(_STEP_DIR.match(path.name).group(1))
+
+
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+    """Checkpoint directories (renamed from `.tmp`, so written whole, though not yet verified), oldest first."""
     root = checkpoint_root(output_dir)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / "train_state.pt").is_file()]
-    return [p for _, p in sorted(found)]
+    return sorted((p for p in root.iterdir() if _STEP_DIR.match(p.name) and p.is_dir()), key=checkpoint_step)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path) -> None:
+    """Size and SHA-256 of every file in `directory` (recursively), in `manifest.json`, written last."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+    entries = {str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    (directory / MANIFEST).write_text(json.dumps({"files": entries}, indent=1) + "\n", encoding="utf-8")
+
+
+def verify_checkpoint(directory: Path) -> str | None:
+    """None when every file of the manifest is there with its size and checksum; else why not."""
+    manifest = directory / MANIFEST
+    if not manifest.is_file():
+        return "no manifest.json (not written completely, or by an older version)"
+    try:
+        entries = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, TypeError):
+        return "manifest.json is not readable"
+    for name, entry in entries.items():
+        path = directory / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != entry["size"]:
+            return f"{name} has {path.stat().st_size} bytes, the manifest says {entry['size']} (truncated?)"
+        if _sha256(path) != entry["sha256"]:
+            return f"{name} does not match its checksum (changed or corrupted)"
+    if "train_state.pt" not in entries:
+        return "no train_state.pt"
+    return None
+
+
+def find_resume_checkpoint(output_dir: str | Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint that verifies, and one line for each newer one passed over (and why)."""
+    passed_over = []
+    for path in reversed(list_checkpoints(output_dir)):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path, passed_over
+        passed_over.append(f"checkpoint {path} skipped: {problem}")
+    return None, passed_over
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    checkpoints = list_checkpoints(output_dir)
-    return checkpoints[-1] if checkpoints else None
+    """The newest checkpoint that verifies against its manifest (None if there is none)."""
+    return find_resume_checkpoint(output_dir)[0]
 
 
 def rng_state() -> dict[str, Any]:
@@ -148,6 +207,7 @@ def save_checkpoint(
         torch.save(state, tmp / "train_state.pt")
     distributed.barrier()
     if rank == 0:
+        write_manifest(tmp)  # after every rank's files are in
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,8 +22,15 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from mixedr1.families import FAMILIES  # import-light: no torch, no transformers
 
-class ConfigError(ValueError):
+
+class InputError(ValueError):
+    """Bad input the user can fix (a config, a data file, a benchmark folder): the command line prints
+    its one-line message and exits with status 2 (`run_main`), without a traceback."""
+
+
+class ConfigError(InputError):
     """A config file or override that does not fit the declarations (the message names the key)."""
 
     def __init__(self, message: str, key: Optional[str] = None):
@@ -45,7 +53,8 @@ _BOUND_OK = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v
 
 @dataclass
 class ModelConfig:
-    path: str = "tiny"  # local Hugging Face directory of the policy; "tiny" builds a random tiny Qwen2.5-VL
+    path: str = "tiny"  # local Hugging Face directory of the policy; "tiny" builds a random tiny model of `tiny_family`
+    tiny_family: str = "qwen2_5_vl"  # with path "tiny": the tiny model's family, a name of mixedr1.families.FAMILIES (qwen2_5_vl, internvl, qwen3_vl)
     ref_path: Optional[str] = None  # reference model directory; None = the policy's initial weights
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: on CUDA, bf16 compute with fp32 master weights for the policy (FSDP2 policy or autocast) and bf16 for the reference; fp32 on CPU
     attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = "auto"  # auto: FA2 if installed on CUDA, else sdpa
@@ -129,8 +138,13 @@ class TrainConfig:
     micro_batch_size: int = bounded(8, ge=1)  # completions per forward/backward on one rank
     sft_warmup_steps: int = bounded(0, ge=0)  # SFT steps before GRPO, for models that cannot yet follow the format
     sft_lr: Optional[float] = bounded(None, gt=0)  # learning rate of the SFT warm-up; None = optim.lr
+    # The SFT target's reasoning (mixedr1.data.prompt.build_sft_target): canned = a fixed sentence per
+    # type in <think> (teaches the format: the warm-up); none = <answer> alone, no <think> (Table 1's
+    # "+SFT baseline" rows, "no thinking", evaluated with eval.py --prompt direct).
+    sft_think: Literal["canned", "none"] = "canned"
     seed: int = bounded(0, ge=0, le=2**64 - 1)
     resume: bool = False  # continue from the latest checkpoint in output_dir
+    overwrite: bool = False  # delete an earlier run in output_dir and start over (else an earlier run is an error unless resuming)
     max_nonfinite_steps: int = bounded(3, ge=1)  # this many non-finite losses in a row stop the run
     cpu_threads: int = bounded(0, ge=0)  # torch.set_num_threads on CPU; 0 = torch's default (1 is fastest for tiny models)
 
@@ -174,6 +188,9 @@ class Config:
         """Cross-field constraints, checked once at load; raises ConfigError naming the keys."""
         checks = [
             (len(self.optim.betas) == 2 and all(0 <= b < 1 for b in self.optim.betas), "optim.betas must be two numbers in [0, 1)"),
+            # GRPO's format reward needs <think>: a warm-up without it would teach the wrong format.
+            (not (self.train.algorithm == "grpo" and self.train.sft_warmup_steps > 0 and self.train.sft_think == "none"),
+             "train.sft_think: none is for the SFT baseline (train.algorithm=sft); a GRPO warm-up needs canned"),
         ]
         for ok, message in checks:
             if not ok:
@@ -183,6 +200,9 @@ class Config:
             raise ConfigError(f"data.problem_types: expected a non-empty list of {PROBLEM_TYPES}, got {self.data.problem_types}")
         if self.reward.open_ended in JUDGE_NAMES and not self.reward.judge_model:
             raise ConfigError(f"reward.judge_model: required when reward.open_ended is {self.reward.open_ended!r}")
+        if self.model.tiny_family not in FAMILIES:
+            raise ConfigError(f"model.tiny_family: expected one of {', '.join(map(repr, FAMILIES))}, got "
+                              f"{self.model.tiny_family!r}", key="model.tiny_family")
         return self
 
 
@@ -331,6 +351,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         blamed = next((text for key, text in overridden.items() if e.key and (e.key == key or e.key.startswith(key + "."))), None)
         raise ConfigError(f"override {blamed!r}: {e}" if blamed else str(e), e.key) from None
     return config.validate()
+
+
+def run_main(main, *args, **kwargs):
+    """`main(*args, **kwargs)` for a command line: an `InputError`, or a file or model directory that
+    is not there, ends the process with its message on one line and exit status 2."""
+    try:
+        return main(*args, **kwargs)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+    except (InputError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -68,12 +68,12 @@ from typing import Optional, Sequence
 
 import torch
 
-from mixedr1.config import JUDGE_NAMES, Config, ConfigError, load_config
+from mixedr1.config import JUDGE_NAMES, Config, ConfigError, load_config, run_main
 from mixedr1.data.batch import PromptBatch, collate
 from mixedr1.data.dataset import Record, load_records
 from mixedr1.resumable import open_for_append, rank_file, read_rank_files, write_atomically
 from mixedr1.rewards import reward_name_for
-from mixedr1.rollout import SamplingParams, decode_completions, generate_rollout, sampling_params_from_config
+from mixedr1.rollout import SamplingParams, decode_completions, derive_seed, generate_rollout, sampling_params_from_config
 
 # The trainer's own helpers, so the filter samples and scores exactly as training does (this import
 # needs the repository root on the path, as `python -m mixedr1.data_engine` run from it has).
@@ -96,7 +96,7 @@ SPREAD_EDGES = (0.25, 0.5, 1.0, 1.5, 2.0)
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m mixedr1.data_engine", description=__doc__.split("\n")[0],
+        prog="python -m mixedr1.data_engine", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(__doc__.split("\n")[1:]),
     )
     parser.add_argument("--model", required=True, help="baseline model: a local Hugging Face directory")
@@ -177,7 +177,7 @@ class Item:
 def read_items(path: Path, data_root: Path) -> list[Item]:
     """Every record of `path` (an invalid one is an error naming file, line and field) and its line."""
     records, _ = load_records(path, data_root, on_bad_record="error")
-    with open(path, encoding="utf-8") as f:  # the loader's way of splitting lines, blank ones skipped
+    with open(path, encoding="utf-8-sig") as f:  # the loader's way of splitting lines (BOM dropped), blank ones skipped
         lines = [text.rstrip("\r\n") for text in f if text.strip()]
     if len(lines) != len(records):  # cannot happen with on_bad_record="error"; guards the pairing below
         raise RuntimeError(f"{path}: {len(lines)} non-blank lines but {len(records)} records")
@@ -222,7 +222,7 @@ def load_results(out: Path, items: list[Item], settings_sha: str) -> dict[str, d
 
 def batch_seed(seed: int, first_index: int) -> int:
     """The generator seed of the batch starting at input position `first_index`."""
-    return seed * 1_000_003 + first_index
+    return derive_seed(seed, first_index)
 
 
 def sample_completions(hf, batch: PromptBatch, params: SamplingParams, generator: torch.Generator, tokenizer) -> tuple[list[str], list[bool]]:
@@ -454,4 +454,4 @@ def main(argv: Optional[Sequence[str]] = None, poll_s: float = 2.0) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -8,11 +8,17 @@ or cosine to 0 (`optim.schedule`).
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
 from mixedr1 import distributed
 from mixedr1.config import Config
+
+
+# The trainer steps the schedule on every step, also when a non-finite loss skipped the optimizer
+# step (the schedule follows the global step); torch warns when that happens on the very first step.
+warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
 
 
 def build_optimizer(policy: torch.nn.Module, cfg: Config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from mixedr1.checkpoint import save_hf_model
+from mixedr1.checkpoint import checkpoint_step, save_hf_model
 from mixedr1.config import Config
 from mixedr1.models import freeze_vision_tower, load_model
 
@@ -19,6 +19,9 @@ def reference_path(cfg: Config, policy_path, resume_from, warmed_up_dir: Path):
         return cfg.model.ref_path
     if resume_from and cfg.train.sft_warmup_steps and warmed_up_dir.is_dir():
         return warmed_up_dir
+    if resume_from and 0 < cfg.train.sft_warmup_steps < checkpoint_step(Path(resume_from)):
+        raise FileNotFoundError(f"{warmed_up_dir}: missing, but the run resumes after its SFT warm-up and GRPO's "
+                                f"reference is the warmed-up policy; restore that folder or set model.ref_path")
     return cfg.model.path if resume_from else policy_path
 
 

@@ -9,10 +9,15 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from mixedr1 import distributed
+from mixedr1.checkpoint import find_resume_checkpoint
+from mixedr1.config import InputError
 
 _LOGGER_NAME = "mixedr1"
 
@@ -25,10 +30,26 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _drop_steps_after(path: Path, step: int) -> None:
+    """Keep the JSONL lines of `path` whose "step" is at most `step` (and drop a torn last line)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    path.write_text("".join(kept), encoding="utf-8")
+
+
 class RunLog:
     """Writes `train.log`, `metrics.jsonl`, `samples.jsonl` and TensorBoard events under `run_dir`."""
 
-    def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True, resume_step: int | None = None):
+        """`resume_step`: a resumed run drops what an earlier attempt logged after this step (the
+        JSONL lines and TensorBoard events), so every step appears once."""
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.logger = logging.getLogger(_LOGGER_NAME)
@@ -44,10 +65,14 @@ class RunLog:
         for handler in (logging.FileHandler(self.run_dir / "train.log"), logging.StreamHandler(sys.stderr)):
             handler.setFormatter(fmt)
             self.logger.addHandler(handler)
+        if resume_step is not None:
+            for name in ("metrics.jsonl", "samples.jsonl"):
+                _drop_steps_after(self.run_dir / name, resume_step)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            purge = {} if resume_step is None else {"purge_step": resume_step + 1}
+            self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), **purge)
         self._metrics = open(self.run_dir / "metrics.jsonl", "a")
         self._samples = open(self.run_dir / "samples.jsonl", "a")
 
@@ -104,3 +129,21 @@ def progress_bar(total: int, initial: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, disable=not enabled)
+
+
+class RunDirError(InputError):
+    """The output directory already holds a run that this one would mix with."""
+
+
+def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool, is_main: bool) -> tuple[Path | None, list[str]]:
+    """Refuse to mix two runs in one directory: an existing run is resumed (`train.resume`), deleted
+    (`train.overwrite`), or an error. Returns the checkpoint to resume from and the newer ones passed over."""
+    earlier = [name for name in ("config.yaml", "metrics.jsonl", "checkpoints") if (run_dir / name).exists()]
+    if earlier and not resume:
+        if not overwrite:
+            raise RunDirError(f"{run_dir} already holds a run ({', '.join(earlier)}): continue it with train.resume=true, "
+                              f"start it over with train.overwrite=true (deletes it), or set another output_dir")
+        if is_main:
+            shutil.rmtree(run_dir)
+        distributed.barrier()
+    return find_resume_checkpoint(run_dir) if resume else (None, [])

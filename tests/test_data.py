@@ -26,9 +26,8 @@ from mixedr1.data import (
     render_prompt,
     scale_by_category,
     select_problem_types,
-    write_synthetic_dataset,
 )
-from mixedr1.data.synth import COLORS, caption
+from mixedr1.data.synth import COLORS, caption, write_synthetic_dataset
 from mixedr1.data.frame import resized_image_size
 from mixedr1.models import load_model, load_processor
 

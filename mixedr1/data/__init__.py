@@ -27,12 +27,11 @@ from mixedr1.data.prompt import (
     reference_answer,
     render_prompt,
 )
-from mixedr1.data.synth import SynthPaths, write_synthetic_dataset
 
 __all__ = [
-    "ANSWER_HINTS", "INSTRUCTION", "DataError", "LoadReport", "PromptBatch", "Record", "SynthPaths",
+    "ANSWER_HINTS", "INSTRUCTION", "DataError", "LoadReport", "PromptBatch", "Record",
     "build_messages", "build_sft_target", "collate", "load_records", "load_training_records",
     "model_frame_box", "patches_per_prompt", "pixels_for_prompts",
     "prompt_text", "reference_answer", "render_prompt", "select_image_rows",
-    "resolve_data_path", "scale_by_category", "select_problem_types", "write_synthetic_dataset",
+    "resolve_data_path", "scale_by_category", "select_problem_types",
 ]

@@ -189,7 +189,7 @@ def format_table(summary: dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m mixedr1.data.compose", description=__doc__.split("\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m mixedr1.data.compose", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.split("\n")[1:]))
     parser.add_argument("--in", dest="inputs", nargs="+", required=True, type=Path, help="filtered JSONL files, in this order")

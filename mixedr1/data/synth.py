@@ -209,7 +209,7 @@ def write_synthetic_dataset(out_dir: str | Path, n_per_type: int, seed: int = 0,
 
 
 def _main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mixedr1.data.synth", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mixedr1.data.synth", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output folder (the data root)")
     parser.add_argument("--n", type=int, required=True, help="training items per problem type")
     parser.add_argument("--seed", type=int, default=0)
