@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -25,7 +24,8 @@ from mixedr1.models import load_model, load_processor
 from mixedr1.models.processors import IMAGE_ONLY_PROCESSORS, Qwen3VLImageOnlyProcessor, QwenVLImageOnlyProcessor
 from mixedr1.policy import PolicyModel, build_sequences, features_per_prompt, image_embeds_for, row_image_embeds
 from mixedr1.positions import mrope_position_ids
-from mixedr1.rollout import Rollout, SamplingParams, banned_token_ids, generate_rollout, repeat_prompts
+from mixedr1.rollout import SamplingParams, banned_token_ids, generate_rollout
+from sampler_checks import eos_ids, make_batch, prompts_and_images, teacher_forced_logprobs
 
 QWEN3_VL = FAMILIES["qwen3_vl"]
 
@@ -38,52 +38,12 @@ def tiny(tiny_qwen3vl_dir):
     return model, processor
 
 
-def prompts_and_images(processor, prompts: list[tuple[str, list[tuple[int, int]]]], seed: int = 0):
-    """Chat-template texts and random images for prompts given as (text, [(height, width) of each image])."""
-    rng = np.random.default_rng(seed)
-    texts, images = [], []
-    for text, sizes in prompts:
-        content = [{"type": "image"} for _ in sizes] + [{"type": "text", "text": text}]
-        texts.append(processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False))
-        images += [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
-    return texts, images
-
-
-def make_batch(processor, prompts, seed: int = 0):
-    """Left-padded processor output."""
-    texts, images = prompts_and_images(processor, prompts, seed)
-    return dict(processor(text=texts, images=images or None, return_tensors="pt", padding=True))
-
-
 # 16 px patches merged 2x2: one image token per 32 x 32 pixels.
 MIXED = [
     ("Is there a red circle?", [(64, 64)]),  # 4 image tokens
     ("How many squares are there? Answer with a number or short text.", [(128, 64), (64, 96)]),  # 8 + 6
     ("Describe the image in one sentence.", []),  # text only
 ]
-
-
-def eos_ids(processor) -> list[int]:
-    return [processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
-
-
-def teacher_forced_logprobs(model, batch, rollout: Rollout, group_size: int, temperature: float) -> torch.Tensor:
-    """log_softmax(logits / T) of each completion token from ONE plain transformers forward over
-    prompt + completion (its own positions from mm_token_type_ids, its own DeepStack), no cache."""
-    rows = repeat_prompts(batch, group_size, model.config)
-    prompt_len = rows["input_ids"].shape[1]
-    input_ids = torch.cat([rows["input_ids"], rollout.completion_ids], dim=1)  # [B*G, P+T]
-    attention_mask = torch.cat([rows["attention_mask"], rollout.completion_mask], dim=1)  # [B*G, P+T]
-    with torch.no_grad():
-        logits = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            pixel_values=rows.get("pixel_values"),
-            image_grid_thw=rows.get("image_grid_thw"),
-            mm_token_type_ids=(input_ids == model.config.image_token_id).long(),
-        ).logits  # [B*G, P+T, V]
-    logprobs = torch.log_softmax(logits[:, prompt_len - 1 : -1].float() / temperature, dim=-1)
-    return logprobs.gather(2, rollout.completion_ids.unsqueeze(2)).squeeze(2) * rollout.completion_mask
 
 
 # ----------------------------------------------------------------------------------------------

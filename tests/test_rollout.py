@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from mixedr1.models import enable_gradient_checkpointing, load_model, load_processor
+from sampler_checks import eos_ids, make_batch, teacher_forced_logprobs
 from mixedr1.rollout import (
     Rollout,
     SamplingParams,
@@ -32,47 +31,11 @@ def tiny(tiny_qwen_dir):
     return model, processor
 
 
-def make_batch(processor, prompts: list[tuple[str, list[tuple[int, int]]]], seed: int = 0):
-    """Left-padded processor output for prompts given as (text, [(height, width) of each image])."""
-    rng = np.random.default_rng(seed)
-    texts, images = [], []
-    for text, sizes in prompts:
-        content = [{"type": "image"} for _ in sizes] + [{"type": "text", "text": text}]
-        messages = [{"role": "user", "content": content}]
-        texts.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
-        images += [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
-    return dict(processor(text=texts, images=images or None, return_tensors="pt", padding=True))
-
-
 MIXED = [
     ("Is there a red circle?", [(56, 56)]),  # 4 image tokens
     ("How many squares are there? Answer with a number or short text.", [(112, 56), (56, 84)]),  # 8 + 6
     ("Describe the image in one sentence.", []),  # text only
 ]
-
-
-def eos_ids(processor) -> list[int]:
-    return [processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
-
-
-def teacher_forced_logprobs(model, batch, rollout: Rollout, group_size: int, temperature: float) -> torch.Tensor:
-    """log_softmax(logits / T) of each completion token from ONE full forward over prompt + completion,
-    positions from the model's own `get_rope_index` (mm_token_type_ids), no cache."""
-    rows = repeat_prompts(batch, group_size, model.config)
-    prompt_len = rows["input_ids"].shape[1]
-    input_ids = torch.cat([rows["input_ids"], rollout.completion_ids], dim=1)  # [B*G, P+T]
-    attention_mask = torch.cat([rows["attention_mask"], rollout.completion_mask], dim=1)  # [B*G, P+T]
-    mm_token_type_ids = (input_ids == model.config.image_token_id).long()
-    with torch.no_grad():
-        logits = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            pixel_values=rows.get("pixel_values"),
-            image_grid_thw=rows.get("image_grid_thw"),
-            mm_token_type_ids=mm_token_type_ids,
-        ).logits  # [B*G, P+T, V]
-    logprobs = torch.log_softmax(logits[:, prompt_len - 1 : -1].float() / temperature, dim=-1)
-    return logprobs.gather(2, rollout.completion_ids.unsqueeze(2)).squeeze(2) * rollout.completion_mask
 
 
 def test_mrope_positions_equal_hf_get_rope_index(tiny):

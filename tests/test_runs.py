@@ -1,7 +1,6 @@
 """Runs, resume and checkpoints under faults: large seeds, corrupted checkpoints, a missing warm-up
 reference, reruns into an existing run directory, skipped non-finite steps and the schedule."""
 
-import json
 import logging
 import math
 
