@@ -2,23 +2,34 @@
 
     python eval.py --ckpt DIR --data-root DIR \\
         [--benchmarks mathvista,mathvision,mmbench,mmmu,mmstar,ai2d] [--prompt thinking|direct] \\
-        [--limit N] [--output FILE] [--batch-size B] [--max-new-tokens N]
+        [--limit N] [--output FILE] [--batch-size B] [--max-new-tokens N] \\
+        [--extractor rule|llm --extractor-model DIR]
     torchrun --nproc-per-node 8 eval.py ...   # items split across ranks by index, gathered to rank 0
 
 Benchmarks are read from the Hugging Face parquet files downloaded under `--data-root`, one folder
 per benchmark (the table is `mixedr1.evaluation.benchmarks`'s docstring and `--help`).
 
 Generation is the trainer's sampler (`mixedr1.rollout.generate_rollout`, greedy, one completion per
-prompt). Each prediction is appended to a JSONL cache next to the output as soon as its batch is
-done (`OUTPUT.predictions.rankR.jsonl`, keyed by benchmark, item id, prompt mode, a hash of the
-prompt text and `--max-new-tokens`), so a killed run picks up where it stopped; change any of these
-and the item is generated again. Rank 0 scores everything, writes the JSON (per-benchmark metrics
+prompt), capped per benchmark (`mixedr1.evaluation.max_new_tokens`: lmms-eval's caps with the direct
+prompt, e.g. 16 new tokens for MMMU and AI2D; 1,024 with the thinking prompt) unless
+`--max-new-tokens` sets one cap for all. Each prediction is appended to a JSONL cache next to the
+output as soon as its batch is done (`OUTPUT.predictions.rankR.jsonl`, keyed by benchmark, item id,
+prompt mode, a hash of the prompt text and the cap), so a killed run picks up where it stopped;
+change any of these and the item is generated again. Rank 0 scores everything, writes the JSON (per-benchmark metrics
 and per-item records) and a markdown table laid out like the paper's Table 1 (`OUTPUT` with `.md`).
+
+Scoring never stops the run: an answer a scorer cannot handle counts wrong, keeps its error in its
+record, and is counted (`unscorable`) and reported. `--extractor llm` reads the answers of MathVista,
+MathVerse and MMBench with a local instruction model where lmms-eval asks GPT
+(`mixedr1.evaluation.extractor`); each record says which extractor scored it. Under torchrun it runs
+on rank 0 while the other ranks wait; for a long extraction run `python eval.py` with the same
+arguments afterwards (every prediction comes from the cache, nothing is generated again).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import time
@@ -30,7 +41,7 @@ from tqdm import tqdm
 
 from mixedr1.resumable import open_for_append, read_rank_files, write_atomically
 from mixedr1.distributed import all_gather_objects, barrier, destroy_distributed, init_distributed, print0
-from mixedr1.evaluation import BENCHMARKS, TABLE1, EvalItem, limit_items
+from mixedr1.evaluation import BENCHMARKS, TABLE1, THINKING_MAX_NEW_TOKENS, EvalItem, limit_items, max_new_tokens
 from mixedr1.evaluation.benchmarks import FILES, check_unique_ids, expected_layout
 from mixedr1.evaluation.prompts import PROMPT_MODES, build_messages, prompt_text
 
@@ -44,7 +55,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description="Evaluate a checkpoint on MathVista, MathVision, MMBench, MMMU, MMStar, AI2D (docs/method.md §6).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Expected files under --data-root (Hugging Face parquet, shards globbed; mmmu_pro reads both\n"
-        "mmmu_pro_standard and mmmu_pro_vision):\n" + layout,
+        "mmmu_pro_standard and mmmu_pro_vision; mm_math is JSON lines, its images under MM_Math/ or in a .zip there):\n" + layout,
     )
     parser.add_argument("--ckpt", required=True, help="local Hugging Face model directory (a training checkpoint or a base model)")
     parser.add_argument("--data-root", required=True, help="folder holding one sub-folder per benchmark (see below)")
@@ -53,7 +64,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=None, help="first N questions of each benchmark (MMBench: N questions with all their rotations)")
     parser.add_argument("--output", default=None, help="results JSON (default: CKPT/eval_<prompt>.json); the table goes to the same name with .md")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per generation call, per rank")
-    parser.add_argument("--max-new-tokens", type=int, default=1024, help="completion length cap")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="completion length cap for every benchmark (default: per benchmark, lmms-eval's caps with "
+                        "--prompt direct, e.g. MMMU 16, MMMU-Pro 256, MathVista 1024; 1024 with --prompt thinking)")
+    parser.add_argument("--extractor", choices=("rule", "llm"), default="rule",
+                        help="rule: rule-based answer extraction everywhere; llm: a local instruction model reads the "
+                        "answers of MathVista, MathVerse and MMBench where lmms-eval asks GPT (falls back to the rules "
+                        "on an unparsable reply)")
+    parser.add_argument("--extractor-model", default=None, help="local instruction model directory for --extractor llm "
+                        "(e.g. Qwen2.5-7B-Instruct)")
+    parser.add_argument("--extractor-batch-size", type=int, default=16, help="prompts per extractor generate call")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32")
     parser.add_argument("--max-pixels", type=int, default=None, help="cap on H*W of each image after the processor's resize (default: the checkpoint's)")
     parser.add_argument("--min-pixels", type=int, default=None, help="floor on H*W of each image after resize (default: the checkpoint's)")
@@ -62,9 +82,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     unknown = [b for b in args.benchmarks if b not in BENCHMARKS]
     if unknown or not args.benchmarks:
         parser.error(f"--benchmarks: unknown {unknown}; choose from {', '.join(BENCHMARKS)}")
-    for flag, value in (("--limit", args.limit), ("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens)):
+    for flag, value in (("--limit", args.limit), ("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens),
+                        ("--extractor-batch-size", args.extractor_batch_size)):
         if value is not None and value < 1:
             parser.error(f"{flag} must be >= 1, got {value}")
+    if args.extractor == "llm" and not args.extractor_model:
+        parser.error("--extractor llm needs --extractor-model DIR (a local instruction model)")
+    if args.extractor_model and not Path(args.extractor_model).expanduser().is_dir():
+        parser.error(f"--extractor-model: {args.extractor_model} is not a local model directory")
     args.output = Path(args.output) if args.output else Path(args.ckpt) / f"eval_{args.prompt}.json"
     return args
 
@@ -121,7 +146,7 @@ def generate_texts(model, processor, items: Sequence[EvalItem], mode: str, param
 
 
 def load_generator(args, device: torch.device):
-    """The model, its processor and greedy G=1 sampling parameters."""
+    """The model, its processor and greedy G=1 sampling parameters (the cap is set per benchmark)."""
     from mixedr1.models import load_model, load_processor
     from mixedr1.rollout import SamplingParams
 
@@ -133,7 +158,8 @@ def load_generator(args, device: torch.device):
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos_ids:
         eos_ids.append(tokenizer.eos_token_id)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
-    params = SamplingParams(group_size=1, max_new_tokens=args.max_new_tokens, greedy=True, eos_token_ids=eos_ids, pad_token_id=pad)
+    # max_new_tokens is set per benchmark at generation (`caps` in `main`).
+    params = SamplingParams(group_size=1, max_new_tokens=THINKING_MAX_NEW_TOKENS, greedy=True, eos_token_ids=eos_ids, pad_token_id=pad)
     return model, processor, params
 
 
@@ -141,31 +167,65 @@ def load_generator(args, device: torch.device):
 # Scoring and the report
 
 
-def score_benchmark(name: str, items: Sequence[EvalItem], predictions: dict[str, str]) -> dict:
-    """Per-item records (prediction, extracted answer, correct) and the benchmark's metrics."""
+def score_benchmark(name: str, items: Sequence[EvalItem], predictions: dict[str, str], extractions=None) -> dict:
+    """Per-item records (prediction, extracted answer, correct, extractor) and the benchmark's metrics.
+
+    `extractions`: one `evaluation.extractor.Extraction` per item (`--extractor llm`), else None
+    (rule-based everywhere). A scorer that raises on an answer must not end the run: the answer counts
+    wrong, its record keeps the error, and `unscorable` counts such answers."""
     bench = BENCHMARKS[name]
-    records = []
-    for item in items:
+    records, unscorable = [], 0
+    for i, item in enumerate(items):
         prediction = predictions[item.item_id]
-        extracted, correct = bench.score_item(item, prediction)
-        records.append(
-            {
-                "item_id": item.item_id,
-                "prediction": prediction,
-                "extracted": extracted,
-                "answer": item.answer,
-                "correct": bool(correct),
-                "meta": item.meta,
-            }
-        )
+        extraction = extractions[i] if extractions is not None else None
+        record = {"item_id": item.item_id, "prediction": prediction, "extractor": "rule"}
+        try:
+            if extraction is not None and extraction.extractor == "llm":
+                extracted, correct = bench.score_item(item, prediction, extraction=extraction.extraction)
+            else:
+                extracted, correct = bench.score_item(item, prediction)
+        except Exception as e:  # noqa: BLE001 — any scorer bug on any answer: count it, never abort the run
+            extracted, correct = None, False
+            record["error"] = f"{type(e).__name__}: {e}"[:500]
+            unscorable += 1
+        if extraction is not None:
+            record["extractor"] = extraction.extractor
+            if extraction.reply is not None:
+                record["llm_reply"] = extraction.reply
+        record.update({"extracted": extracted, "answer": item.answer, "correct": bool(correct), "meta": item.meta})
+        records.append(record)
     metrics = bench.aggregate(records)
-    return {"metric": bench.metric, "score": metrics[bench.metric], "metrics": metrics, "n_items": len(records), "records": records}
+    extractor_counts = {}
+    for record in records:
+        extractor_counts[record["extractor"]] = extractor_counts.get(record["extractor"], 0) + 1
+    return {
+        "metric": bench.metric, "score": metrics[bench.metric], "metrics": metrics, "n_items": len(records),
+        "unscorable": unscorable, "extractors": extractor_counts, "records": records,
+    }
+
+
+def extract_answers(args, all_items: dict, predictions: dict, device: torch.device) -> dict:
+    """`--extractor llm`: {benchmark: [Extraction per item]} for the benchmarks whose reference
+    extracts with GPT (MathVista, MathVerse, MMBench); {} with `--extractor rule`."""
+    from mixedr1.evaluation.extractor import EXTRACTABLE, load_extractor
+
+    names = [name for name in all_items if name in EXTRACTABLE]
+    if args.extractor != "llm" or not names:
+        return {}
+    extractor = load_extractor(args.extractor_model, device, batch_size=args.extractor_batch_size)
+    extractions = {}
+    for name in names:
+        items = all_items[name]
+        extractions[name] = extractor.extract(name, items, [predictions[name][it.item_id] for it in items])
+        asked = sum(e.extractor != "rule" for e in extractions[name])
+        print0(f"{name}: the extractor model read {asked} of {len(items)} answers")
+    return extractions
 
 
 METRIC_NOTES = {
     "mathvista_rule_based": "rule-based extraction (<answer>, last \\boxed{}, last number), NOT the GPT-judged protocol",
     "circular_accuracy": "circular: a question counts only if all its rotations are right",
-    "category_average": "mean of the per-category accuracies",
+    "l2_category_average": "mean of the 18 l2_category accuracies, lmms-eval's and the paper's MMStar number",
     "mathverse_rule_based": "rule-based (letters; numbers at 2 decimals), NOT the GPT-judged protocol",
     "mean_standard_vision": "mean of the standard (10 options) and vision accuracies",
 }
@@ -197,7 +257,13 @@ def table1_markdown(results: dict, model_name: str, prompt_mode: str) -> str:
             name = by_column[column]
             result = results[name]
             note = METRIC_NOTES.get(result["metric"], "")
-            lines.append(f"- {column}: `{name}`, {result['metric']} over {result['n_items']} items" + (f" ({note})" if note else ""))
+            how = f" ({note})" if note else ""
+            if set(result.get("extractors", {})) - {"rule"}:
+                how += ", answers read by the local extractor model where lmms-eval asks GPT: " + ", ".join(
+                    f"{n} {k}" for k, n in sorted(result["extractors"].items()))
+            if result.get("unscorable"):
+                how += f"; {result['unscorable']} answers could not be scored (counted wrong, see `error` in the records)"
+            lines.append(f"- {column}: `{name}`, {result['metric']} over {result['n_items']} items{how}")
     return "\n".join(lines) + "\n"
 
 
@@ -216,10 +282,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         print0(f"{name}: {len(items)} items")
 
     # 2. What this rank still has to generate: its share (by index), minus what the cache holds.
+    caps = {name: args.max_new_tokens or max_new_tokens(name, args.prompt) for name in all_items}
     cache = load_cache(args.output)
     barrier()  # every rank has read the caches before any rank appends to its own
     keys = {
-        name: {it.item_id: cache_key(name, it.item_id, args.prompt, prompt_sha(it, args.prompt), args.max_new_tokens) for it in items}
+        name: {it.item_id: cache_key(name, it.item_id, args.prompt, prompt_sha(it, args.prompt), caps[name]) for it in items}
         for name, items in all_items.items()
     }
     mine = {name: items[rank::world] for name, items in all_items.items()}
@@ -233,14 +300,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         model, processor, params = load_generator(args, dist_info.device)
         with open_for_append(args.output, "predictions", rank) as sink:
             for name, items in todo.items():
+                benchmark_params = dataclasses.replace(params, max_new_tokens=caps[name])
                 bar = tqdm(total=len(items), desc=name, unit="item", disable=rank != 0 or not items, dynamic_ncols=True)
                 for start in range(0, len(items), args.batch_size):
                     batch = items[start : start + args.batch_size]
-                    texts = generate_texts(model, processor, batch, args.prompt, params)
+                    texts = generate_texts(model, processor, batch, args.prompt, benchmark_params)
                     for item, text in zip(batch, texts):
                         entry = {
                             "benchmark": name, "item_id": item.item_id, "prompt": args.prompt,
-                            "prompt_sha": prompt_sha(item, args.prompt), "max_new_tokens": args.max_new_tokens,
+                            "prompt_sha": prompt_sha(item, args.prompt), "max_new_tokens": caps[name],
                             "prediction": text,
                         }
                         sink.write(json.dumps(entry, ensure_ascii=False) + "\n")
@@ -248,22 +316,31 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                     sink.flush()
                     bar.update(len(batch))
                 bar.close()
+        del model, processor  # the extractor model (if any) may need the memory
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     # 4. Gather every rank's predictions on rank 0, score, write.
     local = {name: {it.item_id: cache[keys[name][it.item_id]] for it in items} for name, items in mine.items()}
     gathered = all_gather_objects(local)
     results: dict = {}
     if rank == 0:
+        predictions = {name: {item_id: text for part in gathered for item_id, text in part[name].items()} for name in all_items}
+        extractions = extract_answers(args, all_items, predictions, dist_info.device)
         for name, items in all_items.items():
-            predictions = {item_id: text for part in gathered for item_id, text in part[name].items()}
-            results[name] = score_benchmark(name, items, predictions)
+            results[name] = score_benchmark(name, items, predictions[name], extractions.get(name))
+            if results[name]["unscorable"]:
+                print0(f"WARNING {name}: {results[name]['unscorable']} answers could not be scored (counted wrong; "
+                       "the records hold each error)")
         ckpt = Path(args.ckpt).resolve()
         model_name = f"{ckpt.parent.name}/{ckpt.name}" if ckpt.parent.name else ckpt.name
         table = table1_markdown(results, model_name, args.prompt)
         report = {
             "checkpoint": str(ckpt),
             "prompt": args.prompt,
-            "max_new_tokens": args.max_new_tokens,
+            "max_new_tokens": caps,
+            "extractor": {"kind": args.extractor, "model": args.extractor_model},
+            "unscorable": {name: r["unscorable"] for name, r in results.items()},
             "limit": args.limit,
             "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             "summary": {name: {"metric": r["metric"], "score": r["score"]} for name, r in results.items()},

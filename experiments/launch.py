@@ -32,9 +32,10 @@ Results layout (fixed; `experiments/report.py` and the notebooks read it):
 A finished step is skipped when the launcher is run again (training: the final checkpoint exists;
 evaluation: `eval.json` exists); delete a row's folder to run it again.
 
-Decisions (the paper is silent): the SFT rows are evaluated with the thinking prompt, because our
-SFT targets are `<think>…</think><answer>…</answer>` (`build_sft_target`), so the model is tested
-in the format it was trained on; the paper's Table 1 marks its SFT rows "no thinking". The InternVL
+Decisions (the paper is silent): the "+SFT baseline" rows are the paper's "no thinking" rows
+(Table 1): they train on targets without `<think>` text (`train.sft_think=none`: `<answer>ground
+truth</answer>`, `build_sft_target`) and are evaluated with the direct prompt, the InternVL SFT row
+(Table 3(b)) likewise. The InternVL
 base row is evaluated with the direct prompt, like Table 1's baselines. Table 3's scale rows train
 one epoch of the scaled data (`configs/data_scale.yaml`: 350 / 700 / 1400 steps). Table 3(b)'s
 InternVL rows train with `configs/mixed_r1_internvl25_4b.yaml` (the main settings, no Qwen pixel
@@ -70,7 +71,8 @@ MODEL_DIRS = {
 # A row that trains SFT from a GRPO config (Table 3(b): InternVL has no SFT config of its own, as
 # configs/sft_baseline.yaml carries Qwen's pixel bound): configs/sft_baseline.yaml's algorithm and
 # optimizer settings, as overrides (tests/test_experiments.py checks they stay equal to the file's).
-SFT_OVERRIDES = ("train.algorithm=sft", "optim.lr=1.0e-5", "optim.warmup_steps=20", "optim.schedule=cosine")
+SFT_OVERRIDES = ("train.algorithm=sft", "optim.lr=1.0e-5", "optim.warmup_steps=20", "optim.schedule=cosine",
+                 "train.sft_think=none")
 INTERNVL_CONFIG = "configs/mixed_r1_internvl25_4b.yaml"  # Table 3(b): no Qwen pixel bounds
 # Table 4's external judges: reward.open_ended → the folder under --judge-dir.
 JUDGE_DIRS = {
@@ -120,8 +122,9 @@ def _table1_rows(size: str) -> tuple[Row, ...]:
     return (
         Row(f"{model}_direct", label, "direct", model=model),
         Row(f"{model}_thinking", f"{label} (thinking)", "thinking", model=model),
-        Row(f"{model}_sft", f"{label} + SFT baseline", "thinking", model=model, config="configs/sft_baseline.yaml",
-            overrides=("train.algorithm=sft",)),
+        # The paper's "no thinking" SFT rows: trained on <answer> alone, evaluated with the direct prompt.
+        Row(f"{model}_sft", f"{label} + SFT baseline", "direct", model=model, config="configs/sft_baseline.yaml",
+            overrides=("train.algorithm=sft", "train.sft_think=none")),
         Row(f"{model}_mixed_r1", f"{label} + Mixed-R1", "thinking", model=model, config=f"configs/mixed_r1_qwen25vl_{size}.yaml"),
     )
 
@@ -155,7 +158,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         Row("scale_2", "90K (each category doubled)", "thinking", model="qwen25vl_3b", config="configs/data_scale.yaml",
             overrides=("data.scale=2", "train.steps=1400")),
         Row("internvl25_4b_base", "InternVL2.5-4B", "direct", model="internvl25_4b"),
-        Row("internvl25_4b_sft", "InternVL2.5-4B + SFT", "thinking", model="internvl25_4b", config=INTERNVL_CONFIG,
+        Row("internvl25_4b_sft", "InternVL2.5-4B + SFT", "direct", model="internvl25_4b", config=INTERNVL_CONFIG,
             overrides=SFT_OVERRIDES),
         Row("internvl25_4b_mixed_r1", "InternVL2.5-4B + Mixed-R1", "thinking", model="internvl25_4b", config=INTERNVL_CONFIG),
     )),

@@ -402,3 +402,176 @@ def test_mmiq_and_m3cot_items_and_per_category():
     assert score_m3cot(item, "It is a pull.") == ("B", True)
     records = [{"correct": True, "meta": {"domain": "science"}}, {"correct": False, "meta": {"domain": "math"}}]
     assert aggregate_by_category("domain")(records) == {"accuracy": 50.0, "per_domain": {"math": 0.0, "science": 100.0}, "n": 2}
+
+
+# ----------------------------------------------------------------------------------------------
+# The evaluation issue's cases: 1 a crash, 2 the leading letter, 3 MMMU-Pro vision, 4 smaller misses
+
+from mixedr1.evaluation import BENCHMARKS, max_new_tokens  # noqa: E402
+from mixedr1.evaluation.latex_arithmetic import latex_value, same_expression  # noqa: E402
+from mixedr1.evaluation.prompts import prompt_text  # noqa: E402
+from mixedr1.evaluation.scoring import (  # noqa: E402
+    all_boxed, mm_math_equal, mm_math_extract, plain_float, score_mm_math,
+)
+
+
+def _mathvista_item(answer_type, answer="2", precision=None):
+    return EvalItem("mathvista", "1", "q", answer=answer,
+                    meta={"question_type": "free_form", "answer_type": answer_type, "precision": precision})
+
+
+@pytest.mark.parametrize("text", ["e5", "E2", "e-3", "E", ".e5", "1e999"])
+def test_item1_an_exponent_without_digits_is_no_number(text):
+    assert plain_float(text) is None and to_number(text) is None
+
+
+@pytest.mark.parametrize("answer_type, precision", [("integer", None), ("float", 1.0), ("float", 2.0)])
+def test_item1_mathvista_answer_E2_scores_wrong_without_raising(answer_type, precision):
+    # `<answer>E2</answer>` reached float("E2") through to_number: the whole run aborted. Now it is
+    # no number, and the last-number rule reads its 2.
+    item = _mathvista_item(answer_type, answer="7", precision=precision)
+    assert score_mathvista(item, "<think>x</think><answer>E2</answer>") == ("2" if answer_type == "integer" else "2.0", False)
+
+
+def test_item1_option_letter_then_number_reaches_mathvision_and_mathverse_without_raising():
+    # "(E) 5" becomes "e5" in MathVision's normalisation, then reached float() in mathvision_equal.
+    assert mathvision_extract("(E) 5") == "e5"
+    for answer in ("5", "E"):  # lmms-eval: latex2sympy("e5") is 5e = 13.59: wrong either way
+        assert score_mathvision(EvalItem("mathvision", "1", "q", answer=answer), "(E) 5") == ("e5", False)
+    assert score_mathverse(EvalItem("mathverse", "2", "q", answer="5"), "(E) 5") == ("e5", False)
+
+
+def test_item1_eval_counts_an_answer_a_scorer_cannot_handle_and_goes_on(monkeypatch):
+    import eval as eval_cli
+    from mixedr1.evaluation import Benchmark
+
+    def fragile(item, response):
+        if response == "boom":
+            raise ValueError("could not convert string to float: 'e5'")
+        return response, response == item.answer
+
+    bench = BENCHMARKS["ai2d"]
+    monkeypatch.setitem(BENCHMARKS, "ai2d", Benchmark(bench.load, fragile, bench.aggregate, bench.metric, bench.column, 16))
+    items = [EvalItem("ai2d", str(i), "q", answer="A") for i in range(3)]
+    result = eval_cli.score_benchmark("ai2d", items, {"0": "A", "1": "boom", "2": "B"})
+    assert result["unscorable"] == 1 and result["score"] == pytest.approx(100 / 3)
+    failed = result["records"][1]
+    assert failed["correct"] is False and failed["extracted"] is None and failed["error"].startswith("ValueError: could not convert")
+    assert [r["extractor"] for r in result["records"]] == ["rule"] * 3
+
+
+LEADING_LETTER = "(A) red does not match the sky. (B) blue is close, but (D) is odd. Therefore, the answer is C."
+COLOURS = ["red", "blue", "green", "yellow"]
+
+
+@pytest.mark.parametrize("bench, item", [
+    ("mmbench", EvalItem("mmbench", "1", "q", options=COLOURS, answer="C", multiple_choice=True, meta={"index": 1})),
+    ("ai2d", EvalItem("ai2d", "1", "q", options=COLOURS, answer="C", multiple_choice=True)),
+    ("mmstar", EvalItem("mmstar", "1", "q A. red B. blue C. green D. yellow", answer="C", multiple_choice=True)),
+    ("m3cot", EvalItem("m3cot", "1", "q", options=COLOURS, answer="C", multiple_choice=True)),
+    ("mmmu_pro", EvalItem("mmmu_pro", "vision:1", "q", answer="C", multiple_choice=True, meta={"setting": "vision", "options": COLOURS})),
+])
+def test_item2_the_conclusion_beats_the_leading_letter(bench, item):
+    assert BENCHMARKS[bench].score_item(item, LEADING_LETTER) == ("C", True)
+
+
+def test_item2_mathvista_multi_choice_reads_the_conclusion():
+    item = EvalItem("mathvista", "1", "q", options=COLOURS, answer="green", multiple_choice=True,
+                    meta={"question_type": "multi_choice", "answer_type": "text", "precision": None})
+    assert score_mathvista(item, LEADING_LETTER) == ("green", True)
+
+
+@pytest.mark.parametrize("response, expected", [
+    ("(B)", "B"), ("B.", "B"), ("B) blue", "B"), ("B. blue", "B"),  # a letter alone or with its own text
+    ("B) green", "B"),  # letter and text disagree: the written letter, as lmms-eval's MMBench reads it
+    ("B. blue, because the sky is blue", "B"),  # the line-start letter, still read (no conclusion given)
+])
+def test_item2_a_letter_with_its_own_text_still_counts(response, expected):
+    assert extract_choice_letter(response, "ABCD", COLOURS) == expected
+
+
+def test_item3_mmmu_pro_vision_prompts_show_no_option_text():
+    item = EvalItem("mmmu_pro", "vision:1", "Answer the question shown in the image.", options=[], answer="B",
+                    multiple_choice=True, meta={"setting": "vision", "options": ["style one", "style two"]})
+    assert prompt_text(item, "direct") == "Answer with the option letter from the given choices directly."
+    thinking = prompt_text(item, "thinking")
+    assert "style" not in thinking and "A." not in thinking and "option letter" in thinking
+    assert score_mmmu_pro(item, "B") == ("B", True)
+    assert score_mmmu_pro(item, "It is style two.") == ("B", True)  # the texts still serve the scorer
+    standard = EvalItem("mmmu_pro", "standard:1", "Which?", options=["x", "y"], answer="A", multiple_choice=True,
+                        meta={"setting": "standard"})
+    assert prompt_text(standard, "direct") == "Which?\nA. x\nB. y\n\nAnswer with the option letter from the given choices directly."
+
+
+@pytest.mark.parametrize("response, expected", [
+    ("B, because it is larger than A.", "B"), ("Thus, C is correct.", "C"), ("(D) is the right answer", "D"),
+    ("A is not correct; B is correct.", "B"), ("C is incorrect.", None),
+])
+def test_item4_letters_without_an_option_list(response, expected):
+    item = EvalItem("mmstar", "1", "q A: x B: y C: z D: w", answer=expected or "A", multiple_choice=True)
+    assert score_mmstar(item, response) == (expected, expected is not None)
+
+
+def test_item4_mathvision_reads_text_wrapped_and_symbolic_answers():
+    assert score_mathvision(EvalItem("mathvision", "1", "q", answer="5"), r"so \boxed{\text{5}}") == ("{5}", True)
+    assert score_mathvision(EvalItem("mathvision", "2", "q", answer="6.28"), r"\boxed{2\pi}")[1]
+    assert score_mathvision(EvalItem("mathvision", "3", "q", answer="2\\pi"), "The answer is 6.28")[1]
+    assert score_mathvision(EvalItem("mathvision", "4", "q", answer=r"\frac{\sqrt{3}}{2}"), r"\boxed{0.866}")[1]
+    assert not score_mathvision(EvalItem("mathvision", "5", "q", answer="6.28"), r"\boxed{2\pi + 1}")[1]
+    assert mathvision_equal("4\\sqrt{3}+2", "8.93") and mathvision_equal("10^{3}", "1000")
+
+
+@pytest.mark.parametrize("text, value", [
+    (r"2\pi", 6.283185307179586), (r"\frac{\sqrt{3}}{2}", 0.8660254037844386), (r"4\sqrt{3}+2", 4 * 3**0.5 + 2),
+    ("10^{3}", 1000.0), (r"\frac12", 0.5), ("-2^2", -4.0), ("2(3+1)", 8.0), (r"\sqrt[3]{-8}", -2.0),
+    (r"3\times 4 \div 2", 6.0), ("60^\\circ", 60.0), ("{5}", 5.0), ("2 3", None), (r"\sqrt{-1}", None), ("1/0", None),
+    ("9^{9999}", None), ("x+1", None), (r"\sin 30", None), ("__import__('os')", None), ("(" * 5000, None), ("", None),
+])
+def test_latex_arithmetic_by_hand(text, value):
+    assert latex_value(text) == (pytest.approx(value) if value is not None else None)
+
+
+def test_latex_expressions_in_variables():
+    assert latex_value("2x+1", {"x": 2.0}) == 5.0
+    assert same_expression("2x+1", "1+2x") and same_expression("x^2", "x*x")
+    assert same_expression("2x", "3x") is False and same_expression("x+1", "y+1") is None
+
+
+def test_mmstar_headline_is_the_l2_category_mean_lmms_eval_and_the_paper_report():
+    records = [{"correct": c, "meta": {"category": "a", "l2_category": l2}} for c, l2 in
+               [(True, "x"), (True, "x"), (True, "x"), (False, "y")]]
+    metrics = aggregate_mmstar(records)
+    assert BENCHMARKS["mmstar"].metric == "l2_category_average"
+    assert metrics["l2_category_average"] == 50.0 and metrics["overall"] == 75.0 and metrics["category_average"] == 75.0
+
+
+def test_direct_generation_caps_are_lmms_evals_and_thinking_keeps_a_long_one():
+    caps = {name: max_new_tokens(name, "direct") for name in BENCHMARKS}
+    assert caps["mmmu"] == caps["ai2d"] == 16 and caps["mmmu_pro"] == 256 and caps["mmstar"] == 128
+    assert caps["mathvista"] == caps["mathvision"] == caps["mmbench"] == 1024 and caps["mathverse"] == 16384
+    assert {max_new_tokens(name, "thinking") for name in BENCHMARKS} == {1024}
+
+
+# ---- MM-Math: the authors' scorer, by hand
+
+
+@pytest.mark.parametrize("gold, pred, expected", [
+    ("6", "6.0", True), ("6", "6.009", True), ("6", "6.02", False), ("50", "0.5", True),  # percent either way
+    (r"2\sqrt{3}", r"\sqrt{12}", True), (r"2\pi", "6.28", True), ("x=3", "3", True), (r"60^\circ", "60", True),
+    ("12cm", "12", True), ("y=2x+1", "2x+1=y", True), ("y=2x+1", "2y=4x+2", True), ("y=2x+1", "y=2x+2", False),
+    ("2x+1", "1+2x", True), ("x+1", "y+1", False), ("(1,3)", "(1, 3)", True), ("[1,3)", "(1,3)", False),
+    ("1,2", "2,1", True), ("1,2", "1", False), (r"\pm 2", "2,-2", True), ("1<x<3", "(1,3)", True), ("5", "e5", False),
+])
+def test_mm_math_equality(gold, pred, expected):
+    assert mm_math_equal(gold, pred) is expected
+
+
+def test_mm_math_reads_boxes_and_the_answer_tag():
+    assert all_boxed(r"so \boxed{1} and \boxed{\frac{1}{2}}.") == r"1,\frac{1}{2}"
+    assert all_boxed(r"\boxed{1") is None and all_boxed("none") is None
+    assert mm_math_extract(r"Thus \boxed{4\sqrt{3}}") == r"4\sqrt{3}"
+    assert mm_math_extract("<think>x</think><answer>4</answer>") == "4"  # the thinking prompt's box
+    assert mm_math_extract("The answer is 4") is None  # no box: wrong, as the authors' scorer
+    item = EvalItem("mm_math", "0", "q", answer=r"1,\frac{1}{2}", meta={"difficulty": "容易", "grade": "七年级上学期"})
+    assert score_mm_math(item, r"\boxed{0.5} \boxed{1}") == (r"0.5,1", True)
+    assert score_mm_math(EvalItem("mm_math", "1", "q", answer=""), r"\boxed{}")[1] is False

@@ -193,11 +193,12 @@ def pixels_for_prompts(batch: PromptBatch, prompt_index: torch.Tensor | Sequence
     return select_image_rows(batch.pixel_values, batch.image_layout, batch.images_per_prompt, prompt_index)
 
 
-def sft_completions(records: Sequence[Record], processor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The SFT targets `<think>…</think><answer>ground truth</answer><eos>` of `records` as completions:
-    `completion_ids [B, T]` right-padded with the pad token, `completion_mask [B, T]`."""
+def sft_completions(records: Sequence[Record], processor, eos_token_id: int, think: str = "canned") -> tuple[torch.Tensor, torch.Tensor]:
+    """The SFT targets `<think>…</think><answer>ground truth</answer><eos>` (`think="none"`: the answer
+    alone) of `records` as completions: `completion_ids [B, T]` right-padded with the pad token,
+    `completion_mask [B, T]`."""
     tokenizer = processor.tokenizer
-    targets = [tokenizer(build_sft_target(r, processor), add_special_tokens=False).input_ids + [eos_token_id] for r in records]
+    targets = [tokenizer(build_sft_target(r, processor, think), add_special_tokens=False).input_ids + [eos_token_id] for r in records]
     T = max(len(t) for t in targets)
     completion_ids = torch.full((len(targets), T), tokenizer.pad_token_id, dtype=torch.long)
     completion_mask = torch.zeros(len(targets), T, dtype=torch.long)

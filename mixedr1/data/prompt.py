@@ -91,6 +91,14 @@ def reference_answer(record: Record, processor=None) -> str:
     return str(record.answer)
 
 
-def build_sft_target(record: Record, processor=None) -> str:
-    """`<think>…</think><answer>…</answer>` from the ground truth, for the SFT baseline and warm-up."""
-    return f"<think>{SFT_THOUGHTS[record.problem_type]}</think><answer>{reference_answer(record, processor)}</answer>"
+def build_sft_target(record: Record, processor=None, think: str = "canned") -> str:
+    """The SFT target from the ground truth (`train.sft_think`): `canned` gives
+    `<think>SFT_THOUGHTS[type]</think><answer>…</answer>` (the warm-up: it teaches the format);
+    `none` gives `<answer>…</answer>` alone (Table 1's "+SFT baseline" rows: the ground truth has no
+    reasoning, and the paper evaluates those rows without thinking)."""
+    answer = f"<answer>{reference_answer(record, processor)}</answer>"
+    if think == "none":
+        return answer
+    if think != "canned":
+        raise ValueError(f"train.sft_think: expected 'canned' or 'none', got {think!r}")
+    return f"<think>{SFT_THOUGHTS[record.problem_type]}</think>{answer}"

@@ -17,8 +17,7 @@ takes every shard (`-00000-of-00003`, ...), read in sorted order. Folder names m
 | mmmu_pro (optional) | `MMMU_Pro/standard (10 options)/test-*.parquet` and `MMMU_Pro/vision/test-*.parquet` | MMMU/MMMU_Pro, test (1730 each) |
 | mmiq (optional) | `MM-IQ/test-*.parquet` | huanqia/MM-IQ, test (2710) |
 | m3cot (optional) | `M3CoT/data/test-*.parquet` | LightChen2333/M3CoT, test (2318) |
-
-MM-Math (jsonl + image folder, not parquet) is not supported.
+| mm_math (optional) | `MM_Math/MM_Math.jsonl` and its images (`file_name`) anywhere under `MM_Math/`, unzipped or in a `.zip` there | THU-KEG/MM_Math (5929) |
 
 The parquet-converter branch's layout (`refs/convert/parquet`: `CONFIG/SPLIT/*.parquet`, e.g.
 `MMBench/en/dev/0000.parquet`, `MMStar/mmstar/val/0000.parquet`) is accepted as a second choice.
@@ -32,13 +31,14 @@ and column) and what was expected.
 from __future__ import annotations
 
 import io
+import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from mixedr1.evaluation.scoring import MMBENCH_CIRCULAR_BASE, ai2d_letter, letters_for, parse_options_literal
+from mixedr1.evaluation.scoring import MMBENCH_CIRCULAR_BASE, ai2d_letter, all_boxed, letters_for, parse_options_literal
 
 
 class BenchmarkDataError(ValueError):
@@ -78,6 +78,7 @@ FILES: dict[str, BenchmarkFiles] = {
     "mathvista": BenchmarkFiles(
         "MathVista", ("data/testmini-*.parquet", "default/testmini/*.parquet"), "AI4Math/MathVista", "testmini",
         ("pid", "question", "decoded_image", "choices", "unit", "precision", "answer", "question_type", "answer_type"),
+        ("query",),
     ),
     "mathvision": BenchmarkFiles(
         "MathVision", ("data/test-*.parquet", "default/test/*.parquet"), "MathLLMs/MathVision", "test",
@@ -120,6 +121,11 @@ FILES: dict[str, BenchmarkFiles] = {
     "m3cot": BenchmarkFiles(
         "M3CoT", ("data/test-*.parquet", "default/test/*.parquet"), "LightChen2333/M3CoT", "test",
         ("question", "choices", "answer", "image"), ("id", "context", "domain"),
+    ),
+    # JSON lines and an image folder (or the zip it comes in), not parquet: `load_mm_math`.
+    "mm_math": BenchmarkFiles(
+        "MM_Math", ("MM_Math.jsonl", "*.jsonl"), "THU-KEG/MM_Math", "train",
+        ("question", "file_name", "solution"), ("year", "difficult", "knowledge"),
     ),
 }
 
@@ -255,6 +261,8 @@ def load_mathvista(data_root: str | Path, name: str = "mathvista") -> list[EvalI
                     "question_type": question_type,
                     "answer_type": _text(row, "answer_type", where),
                     "precision": None if _is_missing(precision) else float(precision),
+                    # MathVista's own prompt (hint, question, choices): the local extractor shows it.
+                    "query": None if _is_missing(row.get("query")) else str(row["query"]),
                 },
                 source=where,
             )
@@ -449,12 +457,13 @@ def load_mathverse(data_root: str | Path, name: str = "mathverse") -> list[EvalI
     return items
 
 
-MMMU_PRO_VISION_QUESTION = "Answer the question shown in the image."
+MMMU_PRO_VISION_QUESTION = "Answer the question shown in the image."  # the thinking prompt's question
 
 
 def load_mmmu_pro(data_root: str | Path, name: str = "mmmu_pro") -> list[EvalItem]:
     """MMMU-Pro test, both settings: `standard (10 options)` (as MMMU, up to 10 options) and `vision`
-    (the question and options are inside the screenshot; `options` still lists them, `answer` is a
+    (the question and options exist only inside the screenshot, so the item has no `options` a
+    prompt could show; the file's option texts go to `meta["options"]` for the scorer; `answer` is a
     letter). Ids are prefixed with the setting; `meta["setting"]` tells the scorer which rule to use."""
     items = []
     for where, row in read_rows("mmmu_pro_standard", data_root):
@@ -480,10 +489,11 @@ def load_mmmu_pro(data_root: str | Path, name: str = "mmmu_pro") -> list[EvalIte
                 item_id="vision:" + _text(row, "id", where),
                 question=MMMU_PRO_VISION_QUESTION,
                 images=[open_image(row["image"], where + " column 'image'")],
-                options=_parse_options(row, where),
+                options=[],
                 answer=_text(row, "answer", where).strip(),
                 multiple_choice=True,
-                meta={"setting": "vision", "group": _text(row, "id", where), "subject": row.get("subject")},
+                meta={"setting": "vision", "group": _text(row, "id", where), "subject": row.get("subject"),
+                      "options": _parse_options(row, where)},
                 source=where,
             )
         )
@@ -536,6 +546,113 @@ def load_m3cot(data_root: str | Path, name: str = "m3cot") -> list[EvalItem]:
                 answer=answer,
                 multiple_choice=True,
                 meta={"domain": row.get("domain")},
+                source=where,
+            )
+        )
+    return items
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
+
+
+class ImageFinder:
+    """MM-Math's images by file name: `folder/name`, else any file of that name under `folder`, else a
+    member of that name in a `.zip` under `folder` (the download is `Image.zip`; unzipping is optional).
+    The folder is indexed once, on the first name not found directly."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.files: Optional[dict[str, Path]] = None
+        self.zip_members: dict[str, tuple[Path, str]] = {}
+        self.archives: dict[Path, Any] = {}  # zip files kept open: one central-directory read each
+
+    def index(self) -> None:
+        import zipfile
+
+        self.files = {}
+        for path in sorted(self.folder.rglob("*")):
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                self.files.setdefault(path.name, path)
+            elif path.suffix.lower() == ".zip" and path.is_file():
+                try:
+                    with zipfile.ZipFile(path) as archive:
+                        for member in archive.namelist():
+                            if Path(member).suffix.lower() in IMAGE_SUFFIXES:
+                                self.zip_members.setdefault(Path(member).name, (path, member))
+                except zipfile.BadZipFile:
+                    raise BenchmarkDataError(f"{path}: not a readable zip file") from None
+
+    def read(self, name: str, where: str) -> bytes:
+        import zipfile
+
+        direct = self.folder / name
+        if direct.is_file():
+            return direct.read_bytes()
+        if self.files is None:
+            self.index()
+        base = Path(name).name
+        if base in self.files:
+            return self.files[base].read_bytes()
+        if base in self.zip_members:
+            archive, member = self.zip_members[base]
+            if archive not in self.archives:
+                self.archives[archive] = zipfile.ZipFile(archive)
+            return self.archives[archive].read(member)
+        raise BenchmarkDataError(
+            f"{where}: image {name!r} (column 'file_name') is neither under {self.folder} nor in a .zip there; "
+            f"download and unzip THU-KEG/MM_Math's image archive into {self.folder}"
+        )
+
+
+def read_jsonl_rows(name: str, data_root: str | Path) -> tuple[Path, list[tuple[str, dict]]]:
+    """The benchmark's folder and every line of its JSON-lines file(s) as `(where, row)`; a line that
+    is not a JSON object, or lacks a required key, is an error naming file, line and key."""
+    spec = FILES[name]
+    rows = []
+    files = find_benchmark_files(name, data_root)
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path} line {number}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise BenchmarkDataError(f"{where}: not a JSON object ({e})") from None
+                if not isinstance(row, dict):
+                    raise BenchmarkDataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+                missing = [c for c in spec.columns if c not in row]
+                if missing:
+                    raise BenchmarkDataError(f"{where}: missing key(s) {missing}; {name} ({spec.hf_dataset}) needs {list(spec.columns)}")
+                rows.append((where, row))
+    return files[0].parent, rows
+
+
+def load_mm_math(data_root: str | Path, name: str = "mm_math") -> list[EvalItem]:
+    """MM-Math (THU-KEG/MM_Math: `MM_Math.jsonl` + images). Every question is open-ended; `answer` is
+    the `\\boxed{}` content of the reference `solution` (several boxes joined by ","; "" when it has
+    none, which the authors' scorer never counts right). The file has no id: the id is the row number.
+    `file_name` may name one image or a list of them."""
+    folder, rows = read_jsonl_rows(name, data_root)
+    while folder.name.lower() != FILES[name].folder.lower() and folder != folder.parent:
+        folder = folder.parent  # a jsonl found in a sub-folder: images are looked up from the benchmark folder
+    finder = ImageFinder(folder)
+    items = []
+    for number, (where, row) in enumerate(rows):
+        names = row["file_name"] if isinstance(row["file_name"], list) else [row["file_name"]]
+        names = [str(n) for n in names if n is not None and str(n).strip()]
+        images = [open_image({"bytes": finder.read(n, where)}, f"{where} image {n!r}") for n in names]
+        items.append(
+            EvalItem(
+                benchmark=name,
+                item_id=str(number),
+                question=_text(row, "question", where).strip(),
+                images=images,
+                options=[],
+                answer=all_boxed(_text(row, "solution", where)) or "",
+                multiple_choice=False,
+                meta={"difficulty": row.get("difficult"), "grade": row.get("year"), "file_name": names},
                 source=where,
             )
         )

@@ -9,7 +9,10 @@
   the option's letter from the given choices directly." / "Answer the question using a single word
   or phrase." and MathVista's per-type hints. MathVision's lmms-eval default asks for a `\\boxed{}`
   answer after step-by-step solving; it is kept (with a line break after that sentence, where
-  lmms-eval glues it to the question).
+  lmms-eval glues it to the question). MMMU-Pro's vision setting sends the screenshot and only
+  "Answer with the option letter from the given choices directly." (the question and options are in
+  the image; the item has no option texts to show). MM-Math is not in lmms-eval: its direct prompt
+  asks for a step-by-step solution with the answer in `\\boxed{}`, which the authors' scorer reads.
 
 The images come before the text in one user turn (`messages`), as in training.
 """
@@ -22,6 +25,8 @@ from mixedr1.evaluation.benchmarks import EvalItem
 PROMPT_MODES = ("thinking", "direct")
 
 MCQ_DIRECT = "Answer with the option's letter from the given choices directly."
+MMMU_PRO_DIRECT = "Answer with the option letter from the given choices directly."  # lmms-eval's mmmu_pro wording
+BOXED_DIRECT = 'Please solve the problem step by step and put your answer in one "\\boxed{}".'
 OPEN_DIRECT = "Answer the question using a single word or phrase."
 
 
@@ -56,7 +61,7 @@ def _mathvista_direct(item: EvalItem) -> str:
 
 
 def _mathvision_direct(item: EvalItem) -> str:
-    text = 'Please solve the problem step by step and put your answer in one "\\boxed{}".\n' + item.question
+    text = BOXED_DIRECT + "\n" + item.question
     if item.options:
         text += "\nChoices: " + "\n".join(lettered_options(item.options))
         text += "\nAnswer the question with the option's letter from the given choices directly."
@@ -64,7 +69,8 @@ def _mathvision_direct(item: EvalItem) -> str:
 
 
 def _mmbench_direct(item: EvalItem) -> str:
-    options = "Options:\n" + "\n".join(lettered_options(item.options))
+    # lmms-eval: "{hint} {question} {options}" with its evaluator's option header.
+    options = "There are several options:\n" + "\n".join(lettered_options(item.options))
     return f"{item.question} {options}\n{MCQ_DIRECT}"
 
 
@@ -88,6 +94,18 @@ def _mathverse_direct(item: EvalItem) -> str:
     return item.meta["query_wo"]
 
 
+def _mmmu_pro_direct(item: EvalItem) -> str:
+    """Standard: question, `A. …` options, the letter instruction; vision: the instruction alone (the
+    question and its options are in the screenshot)."""
+    if item.meta.get("setting") == "vision":
+        return MMMU_PRO_DIRECT
+    return item.question + "\n" + "\n".join(lettered_options(item.options)) + "\n\n" + MMMU_PRO_DIRECT
+
+
+def _mm_math_direct(item: EvalItem) -> str:
+    return BOXED_DIRECT + "\n" + item.question
+
+
 def _mmiq_direct(item: EvalItem) -> str:
     return item.question + "\n" + MCQ_DIRECT
 
@@ -101,9 +119,10 @@ DIRECT_PROMPTS = {
     "mmstar": _mmstar_direct,
     "ai2d": _ai2d_direct,
     "mathverse": _mathverse_direct,
-    "mmmu_pro": _mmmu_direct,
+    "mmmu_pro": _mmmu_pro_direct,
     "mmiq": _mmiq_direct,
     "m3cot": _ai2d_direct,  # question (+ context), lettered choices, the letter instruction
+    "mm_math": _mm_math_direct,
 }
 
 

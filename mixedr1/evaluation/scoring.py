@@ -3,29 +3,46 @@
 Each benchmark has an item scorer `score_<name>(item, response) -> (extracted, correct)` and an
 aggregate `aggregate_<name>(records) -> metrics` (percentages in [0, 100]); `records` are the
 per-item dicts eval.py writes (`correct`, `meta`, ...), so a results file can be re-scored offline.
+MathVista's, MathVerse's and MMBench's scorers also take `extraction=`: an answer already read from
+the response by the local extractor model (`evaluation.extractor`), in place of the rule-based reading.
 
 Where the answer is read from. With the thinking prompt (docs/method.md §2) the model writes
 `<think>…</think><answer>…</answer>`; every scorer first takes the `<answer>` content when present
 (`answer_region`), so the reasoning's intermediate letters and numbers are never read as the
 answer. Without tags (the `direct` prompt) the whole response is the region.
 
-The reference scorers are lmms-eval's judge-free ones. Departures, each because the reference needs
-something we do not run:
+The reference scorers are lmms-eval's (v0.3, which the paper used) and, for MM-IQ, M3CoT and
+MM-Math, the dataset authors'. Departures, each on purpose, with what it moves:
 
 - **MathVista** is usually scored by a GPT extractor; here it is rule-based (`<answer>`, else the last
   `\\boxed{}`, else the last number; letter → choice text; else the nearest choice by edit distance;
-  numbers rounded to the item's `precision`). The metric is named `mathvista_rule_based` so nobody
-  mistakes it for the GPT-judged number.
-- **MathVision**'s reference compares with `latex2sympy` + `eval`; here numbers, `\\frac{a}{b}`, `a/b`
-  and `c\\sqrt{n}` are parsed by hand (never evaluated) and compared at 2 decimals; any other LaTeX
-  expression must match as normalised text.
+  numbers rounded to the item's `precision`), under the metric name `mathvista_rule_based`, or read
+  by a local model (`--extractor llm`, `evaluation.extractor`). lmms-eval's `round(x, precision)`
+  gets a float `precision` and raises, so it counts every float item wrong; here they are rounded
+  correctly: our MathVista is higher by the model's accuracy on the float items, ≈2 points.
+- **MathVision**'s reference compares with `latex2sympy` + `eval`; here numbers and LaTeX arithmetic
+  (`\\frac`, `\\sqrt`, `\\pi`, `^`, implicit products: `latex_arithmetic`) are read by hand, never
+  evaluated, and compared at 2 decimals; anything else must match as normalised text.
+- **MMBench**: lmms-eval reads a letter by rule, else asks GPT, and after three failed GPT calls
+  (always, without an API key) takes a random letter. Here an unreadable answer is wrong (or is read
+  by the local model with `--extractor llm`); no random letter. With the direct prompt (bare letters)
+  this moves nothing.
 - **MMMU**'s official parser falls back to `random.choice` on a global RNG seeded once; here the RNG
   is seeded per item (`seed`, item id), so the fallback does not depend on item order, batch size
-  or the number of ranks.
+  or the number of ranks. When neither side guesses, the two agree exactly.
+- **MMStar**: the headline is lmms-eval's (the paper's): the mean of the 18 `l2_category`
+  accuracies; MMStar's own overall accuracy (= the 6-category mean) is reported beside it. lmms-eval
+  v0.3's `exact_match` looks only at the first characters of the response; here the letter is
+  extracted like MMBench's (`extract_choice_letter`): the same on bare letters.
+- **AI2D** and **MMMU-Pro vision**: lmms-eval accepts a response opening with `X.` (AI2D) or equal
+  to the letter; here the letter is extracted (`extract_choice_letter`): the same on bare letters,
+  which the direct prompt's 16 / 256-token caps make the rule.
 - **MathVerse** (optional) is usually GPT-judged; here multi-choice letters and MathVision's
-  free-form comparison, under the metric name `mathverse_rule_based`.
-- **MMStar**: lmms-eval's `exact_match` only looks at the first characters of the response; here the
-  letter is extracted like MMBench's (`extract_choice_letter`), then compared exactly.
+  free-form comparison, under the metric name `mathverse_rule_based` (the extraction step can be the
+  local model's; the GPT judge step is never run).
+- **MM-Math** (optional): the authors' scorer (boxed answers, sympy equality at 1e-2) with
+  `latex_arithmetic` in place of sympy; with the thinking prompt an `<answer>` without a box counts as
+  the box (the authors' scorer would count it wrong).
 
 Model output and dataset text are untrusted: nothing here evaluates them (`ast.literal_eval` only
 reads literals), and no response makes a scorer raise.
@@ -41,6 +58,7 @@ import string
 from collections import defaultdict
 from typing import Any, Iterable, Optional, Sequence
 
+from mixedr1.evaluation.latex_arithmetic import latex_value, latex_variables, same_expression
 from mixedr1.rewards.answer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, extract_answer
 from mixedr1.rewards.matching import normalize_text, parse_choice
 
@@ -77,15 +95,19 @@ def last_boxed(text: str) -> Optional[str]:
     if not isinstance(text, str):
         return None
     starts = [m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)]
+    if not starts:
+        return None
+    # Every "{" matched to its "}" in one pass (scanning forward from each unclosed box instead is
+    # quadratic: a 100 KB response of unclosed boxes took minutes).
+    closing, open_braces = {}, []
+    for i, char in enumerate(text):
+        if char == "{":
+            open_braces.append(i)
+        elif char == "}" and open_braces:
+            closing[open_braces.pop()] = i
     for start in reversed(starts):
-        depth = 1
-        for i in range(start, len(text)):
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[start:i].strip()
+        if start - 1 in closing:
+            return text[start : closing[start - 1]].strip()
     return None
 
 
@@ -99,7 +121,12 @@ _LETTER_AFTER_KEYWORD = re.compile(
     r"(?i:\b(?:answer|option|choice)\b(?:\s+(?:is|would\s+be|should\s+be|will\s+be))?)"
     r"\]?\s*[:：]?\s*(?:option\s+)?\(?([A-Z])\)?(?![A-Za-z0-9])"
 )
+# "Thus, C is correct.", "(B) is the right answer".
+_LETTER_IS_CORRECT = re.compile(
+    r"(?<![A-Za-z0-9])\(?([A-Z])\)?\s+(?i:is\s+(?:the\s+)?(?:correct|right|best)(?:\s+(?:answer|option|choice))?)\b"
+)
 _BRACKETED_LETTER = re.compile(r"\(([A-Z])\)")
+_LEADING_LETTER = re.compile(r"\A\s*\(?([A-Z])\)?\s*,(?=\s)")  # "B, because …"
 _LINE_START_LETTER = re.compile(r"(?m)^\s*([A-Z])\s*[.):](?=\s|$)")
 _TRAILING_LETTER = re.compile(r"(?:^|[\s(:])([A-Z])\)?[.!]?\s*$")
 
@@ -127,13 +154,17 @@ def extract_choice_letter(text: str, letters: str, options: Optional[Sequence[st
     """The option letter a response names, or None. Tried in order, the first hit wins:
 
     1. the last `\\boxed{}` (if any) replaces the text; markdown emphasis is dropped;
-    2. the whole text is a letter spelling: `B`, `(B)`, `B.`, `B)`, `B:` (optionally followed by the
-       option's text), or exactly one option's text (`rewards.matching.parse_choice`);
-    3. the last letter after "answer" / "option" / "choice" ("The answer is B", "Answer: (C) text");
+    2. the whole text is a letter spelling: `B`, `(B)`, `B.`, `B)`, `B:` (optionally followed by THAT
+       option's own text), or exactly one option's text (`rewards.matching.parse_choice`);
+    3. the conclusion: the last letter after "answer" / "option" / "choice" ("The answer is B",
+       "Answer: (C) text") or before "is correct" ("Thus, C is correct."), whichever comes last;
     4. the last bracketed letter `(B)`; 5. the last letter opening a line (`B.`, `B)`);
-    6. a letter ending the text ("so it is B."); 7. one option's text named in the response.
+    6. a letter opening the text before a comma ("B, because …"); 7. a letter ending the text
+       ("so it is B."); 8. one option's text named in the response.
 
-    `letters` are the valid letters ("ABCD"); anything else is ignored.
+    So a letter that opens the response and is followed by other text ("(A) red does not match …
+    Therefore, the answer is C.") never beats a stated conclusion. `letters` are the valid letters
+    ("ABCD"); anything else is ignored.
     """
     if not isinstance(text, str):
         return None
@@ -145,7 +176,15 @@ def extract_choice_letter(text: str, letters: str, options: Optional[Sequence[st
     whole = parse_choice(text, list(options) if options else None)
     if whole is not None and whole in letters:
         return whole
-    for pattern in (_LETTER_AFTER_KEYWORD, _BRACKETED_LETTER, _LINE_START_LETTER, _TRAILING_LETTER):
+    conclusions = [
+        (m.start(), m.group(1))
+        for pattern in (_LETTER_AFTER_KEYWORD, _LETTER_IS_CORRECT)
+        for m in pattern.finditer(text)
+        if m.group(1) in letters
+    ]
+    if conclusions:
+        return max(conclusions)[1]
+    for pattern in (_BRACKETED_LETTER, _LINE_START_LETTER, _LEADING_LETTER, _TRAILING_LETTER):
         hits = [m.group(1) for m in pattern.finditer(text) if m.group(1) in letters]
         if hits:
             return hits[-1]
@@ -162,9 +201,8 @@ def letters_for(n_options: int) -> str:
 # Numbers
 
 _NUMBER = re.compile(r"[-+−]?(?:\d{1,3}(?:,\d{3})+(?![\d])|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+−]?\.\d+")
-_FRACTION = re.compile(r"\A([-+]?)\\[dt]?frac\{([^{}]+)\}\{([^{}]+)\}\Z")
-_SLASH = re.compile(r"\A([-+]?[\d.]+)\s*/\s*([\d.]+)\Z")
-_SQRT = re.compile(r"\A([-+]?[\d.]*)\s*\\sqrt\{?([\d.]+)\}?\Z")
+_TEXT_COMMAND = re.compile(r"\\(?:text|mathrm|mathbf|rm|textbf)\s*\{([^{}]*)\}")  # `\text{5}` → `5`
+_PLAIN_NUMBER = re.compile(r"[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 
 
 def plain_float(text: str) -> Optional[float]:
@@ -172,42 +210,27 @@ def plain_float(text: str) -> Optional[float]:
     if not isinstance(text, str) or len(text) > 100:
         return None
     token = text.strip().replace("−", "-")
-    if not re.fullmatch(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:[eE][-+]?\d+)?", token) or not any(
-        c.isdigit() for c in token
-    ):
+    # A mantissa is required: "e5" and "E2" (what "(E) 5" and "<answer>E2</answer>" become) are no numbers.
+    if not _PLAIN_NUMBER.fullmatch(token):
         return None
-    value = float(token.replace(",", ""))
+    try:
+        value = float(token.replace(",", ""))
+    except (ValueError, OverflowError):
+        return None
     return value if math.isfinite(value) else None
 
 
 def to_number(text: str) -> Optional[float]:
-    """A plain number, a fraction (`\\frac{3}{4}`, `3/4`), a root (`2\\sqrt{3}`) or a percentage, as a
-    float; None for anything else. Parsed by hand: nothing is evaluated."""
-    if not isinstance(text, str):
+    """A plain number, a percentage, or LaTeX arithmetic (`\\frac{3}{4}`, `3/4`, `2\\sqrt{3}`, `2\\pi`,
+    `\\text{5}`, `{5}`; `latex_arithmetic.latex_value`), as a finite float; None for anything else.
+    Parsed by hand: nothing is evaluated."""
+    if not isinstance(text, str) or len(text) > 1000:
         return None
     text = text.strip().replace(" ", "").replace("\\%", "").rstrip("%").replace("$", "")
     value = plain_float(text)
     if value is not None:
         return value
-    m = _FRACTION.match(text)
-    if m:
-        sign = -1.0 if m.group(1) == "-" else 1.0
-        num, den = plain_float(m.group(2)), plain_float(m.group(3))
-        return sign * num / den if num is not None and den else None
-    m = _SLASH.match(text)
-    if m:
-        num, den = plain_float(m.group(1)), plain_float(m.group(2))
-        return num / den if num is not None and den else None
-    m = _SQRT.match(text)
-    if m:
-        coef_text = m.group(1)
-        coef = {"": 1.0, "+": 1.0, "-": -1.0}.get(coef_text, None)
-        coef = plain_float(coef_text) if coef is None else coef
-        root = plain_float(m.group(2))
-        if coef is None or root is None or root < 0:
-            return None
-        return coef * math.sqrt(root)
-    return None
+    return latex_value(_TEXT_COMMAND.sub(r"\1", text))
 
 
 def last_number(text: str) -> Optional[float]:
@@ -253,7 +276,17 @@ def mathvista_extract(
     boxed = last_boxed(region)
     if boxed is not None:
         region = boxed
-    region = region.strip()
+    return mathvista_normalize(region, question_type, answer_type, choices, precision)
+
+
+def mathvista_normalize(
+    extraction: str, question_type: str, answer_type: str, choices: Sequence[str], precision: Optional[float]
+) -> Optional[str]:
+    """An extracted answer (the rule-based one, or a local LLM's: `evaluation.extractor`) in the form
+    MathVista's `answer` is written, or None (lmms-eval `normalize_extracted_answer`, see
+    `mathvista_extract`). Float answers are rounded to the item's precision, which lmms-eval means to
+    do but cannot (`round(x, 1.0)` raises there, so every float item counts wrong)."""
+    region = extraction.strip() if isinstance(extraction, str) else ""
     if question_type == "multi_choice":
         if not choices:
             return None
@@ -273,16 +306,17 @@ def mathvista_extract(
             return None
         if answer_type == "integer":
             return str(int(value))
-        digits = int(precision) if precision is not None and not math.isnan(precision) else 2
+        digits = int(precision) if isinstance(precision, (int, float)) and math.isfinite(precision) else 2
         return str(round(value, digits))
     return region or None
 
 
-def score_mathvista(item, response: str) -> tuple[Optional[str], bool]:
+def score_mathvista(item, response: str, extraction: Optional[str] = None) -> tuple[Optional[str], bool]:
+    """`extraction`: an answer already extracted from `response` (the local LLM extractor's); None =
+    the rule-based extraction."""
     meta = item.meta
-    extracted = mathvista_extract(
-        response, meta["question_type"], meta["answer_type"], item.options, meta.get("precision")
-    )
+    args = (meta["question_type"], meta["answer_type"], item.options, meta.get("precision"))
+    extracted = mathvista_extract(response, *args) if extraction is None else mathvista_normalize(extraction, *args)
     return extracted, extracted is not None and extracted.strip() == str(item.answer).strip()
 
 
@@ -383,6 +417,8 @@ def _numbers_of_tuple(s: str) -> Optional[str]:
 def mathvision_equal(prediction: str, truth: str) -> bool:
     """MathVision's `is_equal`: case-insensitive text equality, tuples compared element-wise, else both
     read as numbers and compared at 2 decimals. Empty strings never match."""
+    if not isinstance(prediction, str) or not isinstance(truth, str):
+        return False
     pred, gold = prediction.lower().strip(), truth.lower().strip()
     if not pred.replace(" ", "") or not gold.replace(" ", ""):
         return False
@@ -419,7 +455,14 @@ def score_letter(item, response: str) -> tuple[Optional[str], bool]:
     return letter, letter is not None and letter == str(item.answer).strip().upper()
 
 
-score_mmbench = score_letter
+def score_mmbench(item, response: str, extraction: Optional[str] = None) -> tuple[Optional[str], bool]:
+    """`extraction`: the letter the local LLM extractor matched the response to (`evaluation.extractor`;
+    "E" or a letter past the options = none of them); None = the rule-based extraction."""
+    if extraction is None:
+        return score_letter(item, response)
+    return extraction, extraction == str(item.answer).strip().upper()
+
+
 score_mmstar = score_letter
 score_ai2d = score_letter
 
@@ -486,10 +529,13 @@ def mmmu_parse_multi_choice(response: str, all_choices: Sequence[str], index2ans
 
 
 def mmmu_extract_numbers(text: str) -> list[str]:
-    """Numbers with thousands commas, in scientific notation, and plain (the official three patterns)."""
+    """Numbers with thousands commas, in scientific notation, and plain (the official three patterns).
+    `(?<!\\d)` added before each leading `\\d+`: the same matches (a match can only start where a digit
+    run starts, as findall tries that position first), but linear time: the official patterns retry
+    every position inside a digit run, 73 s on a run of 50,000 digits."""
     with_commas = re.findall(r"-?\b\d{1,3}(?:,\d{3})+\b", text)
-    scientific = re.findall(r"-?\d+(?:\.\d+)?[eE][+-]?\d+", text)
-    simple = re.findall(r"-?(?:\d+\.\d+|\.\d+|\d+\b)(?![eE][+-]?\d+)(?![,\d])", text)
+    scientific = re.findall(r"-?(?<!\d)\d+(?:\.\d+)?[eE][+-]?\d+", text)
+    simple = re.findall(r"-?(?:(?<!\d)\d+\.\d+|\.\d+|(?<!\d)\d+\b)(?![eE][+-]?\d+)(?![,\d])", text)
     return with_commas + scientific + simple
 
 
@@ -630,8 +676,9 @@ def aggregate_mmbench(records: Sequence[Record]) -> dict:
 
 
 def aggregate_mmstar(records: Sequence[Record]) -> dict:
-    """The mean of the per-`category` accuracies (the 6 core capabilities; EVAL.md), the overall
-    per-item accuracy, and lmms-eval's aggregate (the mean over `l2_category`) for comparison."""
+    """The headline is lmms-eval's "average", the mean of the 18 per-`l2_category` accuracies: the
+    number the paper reports. Beside it: the mean of the 6 per-`category` accuracies and the overall
+    per-item accuracy (MMStar's own metric; the two are equal on the full set, 250 items per category)."""
     by_category: dict[str, list[bool]] = defaultdict(list)
     by_l2: dict[str, list[bool]] = defaultdict(list)
     for r in records:
@@ -664,22 +711,28 @@ def aggregate_mmmu(records: Sequence[Record]) -> dict:
 # Optional benchmarks (EVAL.md): MathVerse, MMMU-Pro, MM-IQ, M3CoT
 
 
-def score_mathverse(item, response: str) -> tuple[Optional[str], bool]:
+def score_mathverse(item, response: str, extraction: Optional[str] = None) -> tuple[Optional[str], bool]:
     """MathVerse, rule-based (the usual protocol is a GPT judge): multi-choice by letter, free-form
-    with MathVision's normalisation and 2-decimal numeric equality."""
+    with MathVision's normalisation and 2-decimal numeric equality. `extraction`: the answer the local
+    LLM extractor read from the response (`evaluation.extractor`), compared by the same rules; None =
+    the rule-based extraction from the whole response."""
+    text = response if extraction is None else extraction
     if item.multiple_choice:
-        letter = extract_choice_letter(answer_region(response), "ABCDEF")
+        letter = extract_choice_letter(answer_region(text), "ABCDEF")
         return letter, letter is not None and letter == str(item.answer).strip().upper()
-    extracted = mathvision_extract(response)
+    extracted = mathvision_extract(text)
     return extracted, mathvision_equal(extracted, str(item.answer))
 
 
 def score_mmmu_pro(item, response: str, seed: int = 42) -> tuple[Any, bool]:
     """MMMU-Pro: the standard setting with the MMMU parser; the vision setting (question and options
-    inside the image) by the extracted letter, exactly."""
+    only inside the screenshot, so `item.options` is empty and the texts are in `meta["options"]`)
+    by the extracted letter, exactly (lmms-eval compares the whole response with the letter; a model
+    that answers "B" scores the same either way)."""
     if item.meta.get("setting") == "standard":
         return score_mmmu(item, response, seed)
-    letter = extract_choice_letter(answer_region(response), letters_for(max(len(item.options), 1)), item.options or None)
+    options = list(item.meta.get("options") or item.options)
+    letter = extract_choice_letter(answer_region(response), letters_for(max(len(options), 1)), options or None)
     return letter, letter is not None and letter == str(item.answer).strip().upper()
 
 
@@ -744,3 +797,205 @@ def aggregate_by_category(key: str):
         return {"accuracy": _percent(r["correct"] for r in records), f"per_{key}": _accuracy_by(records, key), "n": len(records)}
 
     return aggregate
+
+
+# ----------------------------------------------------------------------------------------------
+# MM-Math (the dataset authors' eval.py, `AutoScoringJudge`, without sympy's parse_latex)
+
+MM_MATH_PRECISION = 1e-2  # the authors' default `--precision`
+_BOXED_OPEN = re.compile(r"\\boxed\s*\{")
+
+
+def all_boxed(text: str) -> Optional[str]:
+    """Every balanced `\\boxed{…}` of `text`, in order, joined by "," (MM-Math reads a multi-part
+    answer from several boxes); None when there is none."""
+    if not isinstance(text, str):
+        return None
+    parts, position = [], 0
+    while len(parts) < 50:
+        match = _BOXED_OPEN.search(text, position)
+        if match is None:
+            break
+        depth, end = 1, match.end()
+        while end < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[end], 0)
+            end += 1
+        if depth:
+            break  # unbalanced: the authors' scorer gives up on the whole answer
+        parts.append(text[match.end() : end - 1].strip())
+        position = end
+    return ",".join(parts) if parts else None
+
+
+_MM_MATH_REPLACE = (
+    ("\\text{cm}^2", ""), ("\\text{cm}", ""), ("\\,cm", ""), ("\\text{ cm}", ""), ("cm^{2}", ""), ("cm", ""),
+    ("\\text{分米}^2", ""), ("\\ \\text{m}", ""), ("\\text{米}", ""), ("厘米", ""), ("\\left", ""), ("\\right", ""),
+    ("，", ","), ("$", ""), ("（", "("), ("）", ")"), ("\\colon ", ":"), ("＋", "+"), ("\\, ", ""), ("\\,", ""),
+    ("^\\circ", ""), ("^{\\circ}", ""), ("°", ""),
+)
+_CHINESE = re.compile(r"[\u4e00-\u9fff]+")
+
+
+def _mm_math_clean(expression: str) -> str:
+    """The authors' `preprocess`: units (cm, m, …) and LaTeX sizing removed, full-width punctuation
+    made ASCII, what follows `\\in ` kept, `\\mathrm{x}` → `x`, stray punctuation stripped."""
+    expression = expression.strip()
+    for old, new in _MM_MATH_REPLACE[:9]:
+        expression = expression.replace(old, new)
+    expression = re.sub(r"(.+)m$", r"\1", expression.strip())
+    if "\\in " in expression:
+        expression = expression.split("\\in ")[1]
+    for old, new in _MM_MATH_REPLACE[9:]:
+        expression = expression.replace(old, new)
+    expression = expression.strip("\n,.:;^_=+`!@#%^&*~，。 ")
+    return re.sub(r"\\(?:mathrm|mathbf|text)\{~?([^}]*)\}", r"\1", expression)
+
+
+def _split_top_level(expression: str) -> list[str]:
+    """Split at commas outside brackets ("(1, 2), 3" → ["(1, 2)", "3"])."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(expression):
+        if char in "([":
+            depth += 1
+        elif char in ")]":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(expression[start:i].strip())
+            start = i + 1
+    if start < len(expression):
+        parts.append(expression[start:].strip())
+    return parts
+
+
+def _mm_math_number_equal(gold: str, pred: str, tolerance: float) -> bool:
+    """Both plain numbers, equal within the tolerance, the gold also read as a percentage either way."""
+    gold_value, pred_value = plain_float(gold), plain_float(pred)
+    if gold_value is None or pred_value is None:
+        return False
+    return any(abs(g - pred_value) <= tolerance * 1.01 for g in (gold_value / 100, gold_value, gold_value * 100))
+
+
+def _mm_math_expression_equal(gold: str, pred: str, tolerance: float) -> bool:
+    """The value after a first `=` (if any) on each side: constants equal within the tolerance, or the
+    same expression in the same variables (three sample points, 1e-3, as the authors' simplify check)."""
+    gold = gold.split("=")[1].strip() if "=" in gold else gold.strip()
+    pred = pred.split("=")[1].strip() if "=" in pred else pred.strip()
+    gold_value, pred_value = latex_value(gold), latex_value(pred)
+    if gold_value is not None and pred_value is not None:
+        return abs(gold_value - pred_value) <= tolerance * 1.01
+    return bool(same_expression(gold, pred, 1e-3))
+
+
+def _mm_math_equation_equal(gold: str, pred: str) -> bool:
+    """Two equations `l = r` are the same when (l1 - r1) / (l2 - r2) is one non-zero integer (either
+    way round) at three sample points."""
+    if gold.count("=") != 1 or pred.count("=") != 1:
+        return False
+    gold_side, pred_side = ("({})-({})".format(*gold.split("=")), "({})-({})".format(*pred.split("=")))
+    names = latex_variables(gold_side)
+    if not names or names != latex_variables(pred_side):
+        return False
+    ratios = []
+    for point in (0.3719, 1.6180, 2.7183):
+        values = {name: point + 0.137 * i for i, name in enumerate(sorted(names))}
+        a, b = latex_value(gold_side, values), latex_value(pred_side, values)
+        if a is None or b is None or a == 0 or b == 0:
+            return False
+        ratios.append((a / b, b / a))
+    for pick in (0, 1):
+        first = ratios[0][pick]
+        if round(first) != 0 and all(abs(r[pick] - round(first)) < 1e-6 for r in ratios):
+            return True
+    return False
+
+
+def _mm_math_interval_equal(gold: str, pred: str, tolerance: float) -> bool:
+    """Intervals (unions split at `\\cup`): the same brackets and the same end points."""
+    gold_parts, pred_parts = gold.split("\\cup"), pred.split("\\cup")
+    if len(gold_parts) != len(pred_parts):
+        return False
+    for g, p in zip(gold_parts, pred_parts):
+        g, p = g.strip(), p.strip()
+        if not g or not p or g[0] != p[0] or g[-1] != p[-1]:
+            return False
+        g_ends, p_ends = g.strip("[]()").split(","), p.strip("[]()").split(",")
+        if len(g_ends) != len(p_ends):
+            return False
+        for a, b in zip(g_ends, p_ends):
+            if a.strip() != b.strip() and not _mm_math_expression_equal(a, b, tolerance):
+                return False
+    return True
+
+
+def _mm_math_part_equal(gold: str, pred: str, tolerance: float) -> bool:
+    if gold == pred and gold:
+        return True
+    intervals = all(s[:1] in ("(", "[") and s[-1:] in (")", "]") for s in (gold, pred))
+    if intervals and _mm_math_interval_equal(gold, pred, tolerance):
+        return True
+    if _mm_math_number_equal(gold, pred, tolerance):
+        return True
+    if not ("=" in gold and "=" in pred) and _mm_math_expression_equal(gold, pred, tolerance):
+        return True
+    return _mm_math_equation_equal(gold, pred)
+
+
+def mm_math_equal(gold: str, pred: str, tolerance: float = MM_MATH_PRECISION) -> bool:
+    """The authors' `judge(gold, pred)` on two boxed answers: cleaned; equal as text, else split at
+    top-level commas (`\\pm` giving both signs) and matched one to one, each pair equal as text, as
+    intervals, as numbers (tolerance, percent either way), as expressions or as equations."""
+    if not isinstance(gold, str) or not isinstance(pred, str) or len(pred) > 2000:
+        return False
+    gold, pred = _mm_math_clean(gold), _mm_math_clean(pred)
+    if gold == pred:
+        return bool(gold)
+    gold = gold if _CHINESE.fullmatch(gold) else _CHINESE.sub("", gold)
+    pred = pred if _CHINESE.fullmatch(pred) else _CHINESE.sub("", pred)
+    sides = []
+    for expression in (gold, pred):
+        if expression.count("<") == 2:  # "1 < x < 3" is the interval (1, 3)
+            pieces = expression.split("<")
+            expression = f"({pieces[0]}, {pieces[-1]})"
+        parts = []
+        for part in _split_top_level(expression):
+            parts += [part.replace("\\pm", "+"), part.replace("\\pm", "-")] if "\\pm" in part else [part]
+        sides.append(parts)
+    gold_parts, pred_parts = sides
+    if len(gold_parts) != len(pred_parts) or len(gold_parts) > 20:
+        return False
+    remaining = list(pred_parts)
+    for g in gold_parts:
+        match = next((i for i, p in enumerate(remaining) if _mm_math_part_equal(g, p, tolerance)), None)
+        if match is None:
+            return False
+        remaining.pop(match)
+    return True
+
+
+def mm_math_extract(response: str) -> Optional[str]:
+    """The boxed answer(s) of a response, from its answer region (`answer_region`); with the thinking
+    prompt, an `<answer>` without a box counts as the box. None (scored wrong, as the authors' scorer
+    does without a box) otherwise."""
+    region = answer_region(response)
+    boxed = all_boxed(region)
+    if boxed is not None:
+        return boxed
+    if isinstance(response, str) and ANSWER_OPEN in response and region:
+        return region
+    return None
+
+
+def score_mm_math(item, response: str) -> tuple[Optional[str], bool]:
+    """`item.answer` holds the boxed answer(s) of the reference solution ("" when it has none: never right)."""
+    extracted = mm_math_extract(response)
+    return extracted, extracted is not None and bool(item.answer) and mm_math_equal(str(item.answer), extracted)
+
+
+def aggregate_mm_math(records: Sequence[Record]) -> dict:
+    """Accuracy, and per difficulty and grade (the authors' tables)."""
+    return {
+        "accuracy": _percent(r["correct"] for r in records),
+        "per_difficulty": _accuracy_by(records, "difficulty"),
+        "per_grade": _accuracy_by(records, "grade"),
+        "n": len(records),
+    }

@@ -352,8 +352,9 @@ class LLMJudge:
             pad_token_id=tokenizer.pad_token_id, eos_token_id=eos if eos is not None else tokenizer.eos_token_id,
         )
         # Each text gets an equal share of what the model can read beyond the prompt and the reply.
+        self.context_tokens = _model_max_length(model, tokenizer)  # the longest input the model takes
         overhead = len(self._prompt_ids(self._render("", "")))
-        room = (_model_max_length(model, tokenizer) - overhead - max_new_tokens) // 2
+        room = (self.context_tokens - overhead - max_new_tokens) // 2
         self.max_text_tokens = min(max_text_tokens, room)
         if self.max_text_tokens < 1:
             raise ValueError(
@@ -368,12 +369,20 @@ class LLMJudge:
 
     def _render(self, response: str, truth: str) -> str:
         """The full prompt text for one pair, through the chat template when there is one."""
-        content = self.prompt.format(response=response, truth=truth)
+        return self.render_chat(self.prompt.format(response=response, truth=truth), bare_suffix="\nScore:")
+
+    def render_chat(self, content: str, bare_suffix: str = "") -> str:
+        """`content` as one user turn through the chat template, ready for `generate` (a model without
+        a template gets the bare text plus `bare_suffix`). Shared with eval.py's answer extractor."""
         if self.use_chat_template:
             return self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
             )
-        return content + "\nScore:"
+        return content + bare_suffix
+
+    def prompt_tokens(self, rendered: str) -> int:
+        """How many tokens a rendered prompt takes (what `generate` feeds the model)."""
+        return len(self._prompt_ids(rendered))
 
     def _prompt_ids(self, text: str) -> list[int]:
         # The chat template already wrote the special tokens; a bare prompt gets the tokenizer's own.

@@ -2,9 +2,11 @@
 
 yorn: "yes" / "no", case, surrounding white space and punctuation ignored; nothing else may be in
 the answer ("Yes, it is" does not count: the answer tag is meant to hold the answer alone).
-mcq: the option letter written `B`, `(B)`, `B.`, `B)`, `B:` (each optionally followed by the option
-text, e.g. `B) 12 apples`), or exactly one option's full text. A bare word starting with a capital
-letter ("A red circle") is not read as a letter.
+mcq: the option letter written `B`, `(B)`, `B.`, `B)`, `B:` (each optionally followed by THAT
+option's own text, e.g. `B) 12 apples`), or exactly one option's full text. A letter followed by any
+other text is not a choice: "(A) red does not match … Therefore, the answer is C." names A only in
+passing, and so does "B) 3 apples" when B is "5 apples". A bare word starting with a capital letter
+("A red circle") is not read as a letter.
 """
 
 from __future__ import annotations
@@ -42,12 +44,14 @@ def parse_choice(prediction: str, options: list[str] | None) -> str | None:
         letter = (match.group(1) or match.group(2)).upper()
         rest = match.group(3).strip()
         if letter in letters:
-            # `B) text` must not contradict: if text follows, it may be anything but another option's text.
-            if options and rest:
-                named = [i for i, opt in enumerate(options) if normalize_text(opt) == normalize_text(rest)]
-                if named and letters[named[0]] != letter:
-                    return None
-            return letter
+            # `B) text`: the text must be option B's own; anything else (an explanation, a list of the
+            # options, another option's text) means the letter is not the answer. Without options to
+            # compare with, only the bare letter counts.
+            if not rest:
+                return letter
+            if options and normalize_text(rest) == normalize_text(options[letters.index(letter)]):
+                return letter
+            return None
     if options:
         key = normalize_text(prediction)
         hits = [letters[i] for i, opt in enumerate(options) if key and normalize_text(opt) == key]
