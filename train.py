@@ -218,7 +218,7 @@ def grpo_step(run: Run, step_records: list[Record], step: int) -> dict:
     # ---- sequences and image features, shared by the reference and every update -------------------
     seq = build_sequences(hf, batch.input_ids, batch.attention_mask, batch.image_layout,
                           rollout.completion_ids, rollout.completion_mask, rollout.prompt_index)
-    micro_batches = list(torch.arange(seq.input_ids.shape[0], device=device).split(cfg.train.micro_batch_size))
+    micro_batches = seq.micro_batches(cfg.train.micro_batch_size, trim=cfg.train.trim_padding)  # [(rows [n], mb)]
     frozen_features = None
     if cfg.model.freeze_vision:
         with torch.no_grad():
@@ -232,10 +232,9 @@ def grpo_step(run: Run, step_records: list[Record], step: int) -> dict:
             ref_features = frozen_features if cfg.model.freeze_vision and cfg.model.ref_path is None else \
                 features_per_prompt(run.reference.hf, batch.pixel_values, batch.image_layout, batch.images_per_prompt.tolist())
             ref_logprobs = torch.zeros_like(rollout.sampling_logprobs)  # [B*G, T]
-            for idx in micro_batches:
-                mb = seq.rows(idx)
-                ref_logprobs[idx] = run.reference(mb, row_image_embeds(ref_features, mb.prompt_index),
-                                                  temperature=cfg.rollout.temperature)[0]
+            for idx, mb in micro_batches:
+                ref_logprobs[idx, : mb.num_completion_tokens] = run.reference(
+                    mb, row_image_embeds(ref_features, mb.prompt_index), temperature=cfg.rollout.temperature)[0]
     metrics["time/reference"] = time.perf_counter() - t0
 
     # ---- policy update: μ optimizer steps on this rollout ----------------------------------------
@@ -246,25 +245,25 @@ def grpo_step(run: Run, step_records: list[Record], step: int) -> dict:
     if cfg.grpo.updates_per_rollout > 1:  # π_old must stay the sampling policy across the μ updates
         old_logprobs = torch.zeros_like(rollout.sampling_logprobs)
         with torch.no_grad():
-            for idx in micro_batches:
-                mb = seq.rows(idx)
-                old_logprobs[idx] = policy(mb, image_embeds_for(policy, batch, mb, frozen_features),
-                                           temperature=cfg.rollout.temperature)[0]
+            for idx, mb in micro_batches:
+                old_logprobs[idx, : mb.num_completion_tokens] = policy(
+                    mb, image_embeds_for(policy, batch, mb, frozen_features), temperature=cfg.rollout.temperature)[0]
     skipped_updates = 0
     for _ in range(cfg.grpo.updates_per_rollout):
         stats = defaultdict(float)
-        for idx in micro_batches:
-            mb = seq.rows(idx)
+        for i, (idx, mb) in enumerate(micro_batches):
+            T = mb.num_completion_tokens
             logprobs, entropy = policy(mb, image_embeds_for(policy, batch, mb, frozen_features),
                                        temperature=cfg.rollout.temperature, with_entropy=True)
             loss, loss_stats = grpo_policy_loss(
-                logprobs, None if old_logprobs is None else old_logprobs[idx],
-                None if ref_logprobs is None else ref_logprobs[idx], advantages[idx], mb.completion_mask,
+                logprobs, None if old_logprobs is None else old_logprobs[idx, :T],
+                None if ref_logprobs is None else ref_logprobs[idx, :T], advantages[idx], mb.completion_mask,
                 eps_low=cfg.grpo.eps_low, eps_high=cfg.grpo.eps_high, beta=cfg.grpo.beta, loss_agg=cfg.grpo.loss_agg,
                 num_sequences=num_sequences, num_tokens=num_tokens, max_completion_length=cfg.rollout.max_new_tokens,
                 entropy=entropy,
             )
             # FSDP2 averages gradients over ranks; the loss is a contribution to a SUM over ranks.
+            distributed.set_gradient_sync(policy, cfg.distributed.sync_every_micro_batch or i == len(micro_batches) - 1)
             (loss * dist.world_size).backward()
             stats["loss/total"] += loss.item()
             for key, value in loss_stats.items():
@@ -282,6 +281,8 @@ def grpo_step(run: Run, step_records: list[Record], step: int) -> dict:
         zero_variance, G)))
     metrics["completion/length_max"] = max(distributed.all_gather_objects(float(rollout.completion_lengths.max())))
     metrics["perf/tokens"] = float(distributed.all_reduce_sum(seq.attention_mask.sum().double()))
+    processed, real = distributed.all_reduce_sum(torch.tensor(seq.padded_tokens(micro_batches), dtype=torch.float64, device=device)).tolist()
+    metrics["perf/padded_token_fraction"] = processed / real - 1  # forward positions spent on padding
     if dist.is_main and step % cfg.log.sample_every == 0:
         run.log.samples(step + 1, [
             {"id": batch.records[i // G].id, "problem_type": batch.records[i // G].problem_type,
@@ -298,7 +299,8 @@ def sft_step(run: Run, step_records: list[Record]) -> dict:
     """Teacher-forced NLL of `<think>…</think><answer>ground truth</answer><eos>` (token mean)."""
     cfg, dist, policy, device = run.cfg, run.dist, run.policy, run.dist.device
     batch = collate(step_records, run.processor, cfg.data.max_prompt_tokens).to(device)
-    completion_ids, completion_mask = sft_completions(step_records, run.processor, eos_token_ids(policy.hf, run.processor.tokenizer)[0])
+    completion_ids, completion_mask = sft_completions(step_records, run.processor, eos_token_ids(policy.hf, run.processor.tokenizer)[0],
+                                                      think=cfg.train.sft_think)
     prompt_index = torch.arange(len(step_records), device=device)
     seq = build_sequences(policy.hf, batch.input_ids, batch.attention_mask, batch.image_layout,
                           completion_ids.to(device), completion_mask.to(device), prompt_index)
@@ -308,10 +310,11 @@ def sft_step(run: Run, step_records: list[Record]) -> dict:
             frozen = features_per_prompt(policy.hf, batch.pixel_values, batch.image_layout, batch.images_per_prompt.tolist())
     num_tokens = float(distributed.all_reduce_sum(completion_mask.sum().double().to(device)))
     stats = defaultdict(float)
-    for idx in prompt_index.split(cfg.train.micro_batch_size):
-        mb = seq.rows(idx)
+    micro_batches = seq.micro_batches(cfg.train.micro_batch_size, trim=cfg.train.trim_padding)
+    for i, (idx, mb) in enumerate(micro_batches):
         logprobs, _ = policy(mb, image_embeds_for(policy, batch, mb, frozen))
         loss = -(logprobs * mb.completion_mask).sum() / num_tokens  # contribution to the global token mean
+        distributed.set_gradient_sync(policy, cfg.distributed.sync_every_micro_batch or i == len(micro_batches) - 1)
         (loss * dist.world_size).backward()
         stats["loss/total"] += loss.item()
     metrics = optimizer_step(policy, run.optimizer, stats, cfg)

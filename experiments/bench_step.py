@@ -10,6 +10,13 @@ compute per token is the real model's. Synthetic five-type data; the first step 
 is left out of the averages. Prints the workload, the seconds per phase (rollout, reward,
 reference, update) and tokens/s per device (prompt + completion tokens of the step / step time).
 
+`--lengths uniform` (the default) makes the workload's completion lengths spread uniformly from 16
+to `--max-new-tokens`, as real rollouts do: the sampler runs with no end-of-sequence token (every
+row samples the full length) and each row is then cut to a seeded uniform length, so the reference
+and update forwards see that spread. The step runs twice, side by side, with `train.trim_padding`
+on and off, and the last line prints `padded_token_fraction=` (forward positions ÷ real tokens − 1
+in the reference and update forwards) for both.
+
 The public reference is EasyR1's ~1,800 tokens/s/GPU for Qwen2.5-VL-3B on H100 with vLLM rollouts;
 compare only at the same workload (prompts, group size, completion length).
 """
@@ -24,6 +31,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
 
 import train  # noqa: E402
 from mixedr1.models.tiny import build_tiny_model  # noqa: E402
@@ -60,6 +69,51 @@ def build_sized_model(out_dir: Path, size: str) -> Path:
     return out_dir
 
 
+def uniform_lengths(rollout_in_chunks, low: int, seed: int = 0):
+    """`train.rollout_in_chunks` whose rows are cut to lengths drawn uniformly from [low, T]."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def cut(hf, batch, params, seed_of_call, prompts_per_call):
+        rollout = rollout_in_chunks(hf, batch, params, seed_of_call, prompts_per_call)
+        N, T = rollout.completion_ids.shape
+        lengths = torch.randint(min(low, T), T + 1, (N,), generator=generator).to(rollout.completion_ids.device)  # [N]
+        keep = torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]  # [N, T]
+        rollout.completion_mask = rollout.completion_mask * keep
+        rollout.completion_ids = rollout.completion_ids.masked_fill(~keep, params.pad_token_id)
+        rollout.sampling_logprobs = rollout.sampling_logprobs * keep
+        rollout.finish_reason = ["eos" if n < T else "length" for n in lengths.tolist()]
+        return rollout
+
+    return cut
+
+
+def run_once(args, work: Path, model_dir: Path, trim: bool) -> dict:
+    run_dir = work / f"run-trim-{trim}"
+    overrides = [
+        f"output_dir={run_dir}", f"model.path={model_dir}", "data.synth_items=8", "data.synth_heldout_items=0",
+        f"rollout.group_size={args.group_size}", f"rollout.max_new_tokens={args.max_new_tokens}",
+        f"rollout.prompts_per_batch={args.prompts}", f"grpo.beta={args.beta}", f"train.steps={args.steps}",
+        f"train.prompts_per_step={args.prompts}", f"train.micro_batch_size={args.micro_batch}",
+        "checkpoint.every=0", "checkpoint.keep_last=1", "log.progress_bar=false", "log.tensorboard=false", "train.overwrite=true",
+        "train.cpu_threads=1" if args.size == "tiny" else "train.cpu_threads=0", f"train.trim_padding={str(trim).lower()}",
+    ]
+    if args.size != "tiny":
+        overrides.append("model.gradient_checkpointing=true")
+    (work / "bench.yaml").write_text("{}\n")
+    real_rollout, real_eos = train.rollout_in_chunks, train.eos_token_ids
+    if args.lengths == "uniform":
+        train.rollout_in_chunks = uniform_lengths(real_rollout, low=16)
+        train.eos_token_ids = lambda hf, tokenizer: [hf.config.get_text_config().vocab_size]  # an id never sampled
+    try:
+        train.main([str(work / "bench.yaml"), *overrides])
+    finally:
+        train.rollout_in_chunks, train.eos_token_ids = real_rollout, real_eos
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][1:]
+    if not rows:
+        raise SystemExit("need --steps >= 2 (the first step is a warm-up)")
+    return {key: statistics.mean(r[key] for r in rows) for key in rows[0] if isinstance(rows[0][key], (int, float))}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=["tiny", "3b", "7b"], default="tiny")
@@ -70,37 +124,27 @@ def main(argv=None) -> None:
     parser.add_argument("--micro-batch", type=int, default=16)
     parser.add_argument("--beta", type=float, default=0.04)
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--lengths", choices=["uniform", "model"], default="uniform",
+                        help="uniform: completion lengths spread from 16 to --max-new-tokens; model: as sampled")
     args = parser.parse_args(argv)
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="mixedr1-bench-step-"))
     model_dir = work / f"model-{args.size}"
     if not (model_dir / "config.json").is_file():
         build_tiny_model(model_dir) if args.size == "tiny" else build_sized_model(model_dir, args.size)
-    run_dir = work / "run"
-    overrides = [
-        f"output_dir={run_dir}", f"model.path={model_dir}", "data.synth_items=8", "data.synth_heldout_items=0",
-        f"rollout.group_size={args.group_size}", f"rollout.max_new_tokens={args.max_new_tokens}",
-        f"rollout.prompts_per_batch={args.prompts}", f"grpo.beta={args.beta}", f"train.steps={args.steps}",
-        f"train.prompts_per_step={args.prompts}", f"train.micro_batch_size={args.micro_batch}",
-        "checkpoint.every=0", "checkpoint.keep_last=1", "log.progress_bar=false", "log.tensorboard=false", "train.overwrite=true",
-        "train.cpu_threads=1" if args.size == "tiny" else "train.cpu_threads=0",
-    ]
-    if args.size != "tiny":
-        overrides.append("model.gradient_checkpointing=true")
-    (work / "bench.yaml").write_text("{}\n")
-    train.main([str(work / "bench.yaml"), *overrides])
+    results = {trim: run_once(args, work, model_dir, trim) for trim in (True, False)}
 
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][1:]
-    if not rows:
-        raise SystemExit("need --steps >= 2 (the first step is a warm-up)")
-    mean = lambda key: statistics.mean(r[key] for r in rows)  # noqa: E731
+    on, off = results[True], results[False]
     print(f"\nworkload: model={args.size} prompts/step={args.prompts} G={args.group_size} "
-          f"max_new_tokens={args.max_new_tokens} micro_batch={args.micro_batch} beta={args.beta} "
-          f"steps averaged={len(rows)} mean completion length={mean('completion/length_mean'):.1f}")
-    print(f"{'phase':<12}{'seconds':>10}")
+          f"max_new_tokens={args.max_new_tokens} lengths={args.lengths} micro_batch={args.micro_batch} beta={args.beta} "
+          f"steps averaged={args.steps - 1} mean completion length={on['completion/length_mean']:.1f}")
+    print(f"{'phase':<12}{'trim_padding':>14}{'no trim':>10}   (seconds)")
     for phase in ("rollout", "reward", "reference", "update", "step"):
-        print(f"{phase:<12}{mean('time/' + phase):>10.3f}")
-    print(f"tokens_per_s_per_device={mean('perf/tokens_per_s_per_device'):.1f}")
+        print(f"{phase:<12}{on['time/' + phase]:>14.3f}{off['time/' + phase]:>10.3f}")
+    print(f"tokens_per_s_per_device={on['perf/tokens_per_s_per_device']:.1f} "
+          f"(no trim: {off['perf/tokens_per_s_per_device']:.1f})")
+    print(f"padded_token_fraction={on['perf/padded_token_fraction']:.3f} "
+          f"(no trim: {off['perf/padded_token_fraction']:.3f})")
 
 
 if __name__ == "__main__":

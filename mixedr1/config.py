@@ -136,6 +136,7 @@ class TrainConfig:
     steps: int = bounded(100, ge=0)  # optimizer steps
     prompts_per_step: int = bounded(64, ge=1)  # global prompts per step (docs/method.md §4: 64, i.e. 512 completions at G=8)
     micro_batch_size: int = bounded(8, ge=1)  # completions per forward/backward on one rank
+    trim_padding: bool = True  # micro-batches of rows of similar length, each cut to its longest row (false: rows in order, padded to the step's longest)
     sft_warmup_steps: int = bounded(0, ge=0)  # SFT steps before GRPO, for models that cannot yet follow the format
     sft_lr: Optional[float] = bounded(None, gt=0)  # learning rate of the SFT warm-up; None = optim.lr
     # The SFT target's reasoning (mixedr1.data.prompt.build_sft_target): canned = a fixed sentence per
@@ -154,6 +155,7 @@ class DistributedConfig:
     backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on CUDA, gloo on CPU
     fsdp: bool = True  # shard with FSDP2 (fully_shard) when world size > 1
     reshard_after_forward: bool = True  # FSDP2: free gathered parameters after each forward
+    sync_every_micro_batch: bool = True  # FSDP2: reduce-scatter gradients after every micro-batch; false: once per optimizer step (fewer collectives, but each rank holds a full unsharded gradient meanwhile)
 
 
 @dataclass

@@ -169,6 +169,14 @@ def fsdp_units(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
+def set_gradient_sync(model: nn.Module, enabled: bool) -> None:
+    """FSDP2: whether the next backward reduce-scatters gradients. Off for all but the last
+    micro-batch of an optimizer step, gradients accumulate unsharded on each rank and are reduced
+    once; a plain model ignores it."""
+    if fsdp_units(model):
+        model.set_requires_gradient_sync(enabled)
+
+
 @contextlib.contextmanager
 def gathered_for_generation(model: nn.Module, reshard_after_forward: bool = True) -> Iterator[nn.Module]:
     """Keep an FSDP2 model unsharded for a whole decode loop; a plain model passes through.

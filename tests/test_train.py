@@ -122,12 +122,14 @@ def test_exact_resume(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_ranks_give_the_same_losses_and_weights_as_one(tmp_path):
+@pytest.mark.parametrize("extra", [(), ("train.micro_batch_size=3", "distributed.sync_every_micro_batch=false")],
+                         ids=["sync_every_micro_batch", "one_sync_per_step"])
+def test_two_ranks_give_the_same_losses_and_weights_as_one(tmp_path, extra):
     cfg_path = write_config(tmp_path, "one")
     train.main([str(cfg_path)])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-           str(ROOT / "train.py"), str(cfg_path), f"output_dir={tmp_path / 'two'}"]
+           str(ROOT / "train.py"), str(cfg_path), f"output_dir={tmp_path / 'two'}", *extra]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
@@ -139,6 +141,24 @@ def test_two_ranks_give_the_same_losses_and_weights_as_one(tmp_path):
     w1, w2 = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
     for key in w1:
         torch.testing.assert_close(w2[key], w1[key], atol=1e-5, rtol=1e-4)
+
+
+def test_trimmed_micro_batches_give_the_same_run_with_less_padding(tmp_path):
+    """Length-sorted micro-batches cut to their longest row (train.trim_padding) change only which
+    padding is computed: the same losses and weights as rows in order padded to the step's longest."""
+    runs = {}
+    for trim in (True, False):
+        cfg_path = write_config(tmp_path, f"trim{trim}", train={"micro_batch_size": 3, "trim_padding": trim},
+                                rollout={"max_new_tokens": 16})
+        train.main([str(cfg_path)])
+        runs[trim] = metrics(tmp_path / f"trim{trim}")
+    for a, b in zip(runs[True], runs[False]):
+        assert a["loss/total"] == pytest.approx(b["loss/total"], rel=1e-5, abs=1e-9)
+    grpo_a, grpo_b = runs[True][1:], runs[False][1:]
+    assert all(a["perf/padded_token_fraction"] < b["perf/padded_token_fraction"] for a, b in zip(grpo_a, grpo_b))
+    wa, wb = final_weights(tmp_path / "trimTrue"), final_weights(tmp_path / "trimFalse")
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], atol=1e-6, rtol=1e-5)
 
 
 def test_policy_learns_a_reachable_reward(tmp_path, monkeypatch):
