@@ -39,11 +39,12 @@ from typing import Optional, Sequence
 import torch
 from tqdm import tqdm
 
-from mixedr1.resumable import open_for_append, read_rank_files, write_atomically
+from mixedr1.config import run_main
 from mixedr1.distributed import all_gather_objects, barrier, destroy_distributed, init_distributed, print0
 from mixedr1.evaluation import BENCHMARKS, TABLE1, THINKING_MAX_NEW_TOKENS, EvalItem, limit_items, max_new_tokens
-from mixedr1.evaluation.benchmarks import FILES, check_unique_ids, expected_layout
+from mixedr1.evaluation.benchmarks import FILES, BenchmarkDataError, check_unique_ids, expected_layout
 from mixedr1.evaluation.prompts import PROMPT_MODES, build_messages, prompt_text
+from mixedr1.resumable import open_for_append, read_rank_files, write_atomically
 
 DEFAULT_BENCHMARKS = ",".join(TABLE1)
 
@@ -276,7 +277,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     rank, world = dist_info.rank, dist_info.world_size
 
     # 1. Load every benchmark first, so a missing file fails before the model is loaded.
-    all_items = {name: limit_items(BENCHMARKS[name].load(args.data_root), args.limit) for name in args.benchmarks}
+    all_items, problems = {}, []
+    for name in args.benchmarks:  # every missing or broken benchmark is named at once
+        try:
+            all_items[name] = limit_items(BENCHMARKS[name].load(args.data_root), args.limit)
+        except BenchmarkDataError as e:
+            problems.append(str(e))
+    if problems:
+        raise BenchmarkDataError(f"{len(problems)} of {len(args.benchmarks)} benchmarks cannot be read: " + "; ".join(problems))
     for name, items in all_items.items():
         check_unique_ids(name, items)
         print0(f"{name}: {len(items)} items")
@@ -357,4 +365,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

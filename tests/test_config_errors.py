@@ -73,3 +73,26 @@ def test_train_help_and_config_errors_return_at_once_with_one_line(argv):
         assert done.returncode == 2, done.stderr
         assert done.stderr.strip().count("\n") == 0 and done.stderr.startswith("config error: "), done.stderr
     assert elapsed < 5, f"{elapsed:.1f} s: torch must not be imported before the config is checked"
+
+
+def run_cli(*argv, cwd):
+    return subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_data_model_and_benchmark_errors_are_one_line_with_status_2(tmp_path):
+    """What the user must fix ends the command with one line on stderr, exit status 2, no traceback."""
+    data = run_cli(str(REPO / "train.py"), str(DEMO), f"output_dir={tmp_path / 'run'}", "data.synth_items=0",
+                   "data.eval_file=null", f"data.train_file={tmp_path / 'missing.jsonl'}", cwd=tmp_path)
+    assert data.returncode == 2 and "Traceback" not in data.stderr
+    assert data.stderr.strip().splitlines()[-1] == f"error: data file not found: {tmp_path / 'missing.jsonl'}"
+    model = run_cli(str(REPO / "train.py"), str(DEMO), f"output_dir={tmp_path / 'run2'}", f"model.path={tmp_path / 'no-model'}",
+                    "data.synth_items=2", cwd=tmp_path)
+    last = model.stderr.strip().splitlines()[-1]
+    assert model.returncode == 2 and "Traceback" not in model.stderr
+    assert last.startswith(f"error: model directory not found: {tmp_path / 'no-model'}") and "hf download" in last
+    (tmp_path / "bench").mkdir()
+    bench = run_cli(str(REPO / "eval.py"), "--ckpt", str(tmp_path / "no-model"), "--data-root", str(tmp_path / "bench"), cwd=tmp_path)
+    assert bench.returncode == 2 and bench.stderr.count("\n") == 1 and "Traceback" not in bench.stderr
+    assert bench.stderr.startswith("error: 6 of 6 benchmarks cannot be read: mathvista: no folder")
+    for name in ("MathVista", "MathVision", "MMBench", "MMMU", "MMStar", "ai2d"):
+        assert f"hf download" in bench.stderr and f"{tmp_path / 'bench' / name}" in bench.stderr

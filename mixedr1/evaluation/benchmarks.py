@@ -1,7 +1,7 @@
 """Benchmark loaders: the Hugging Face parquet files a user downloaded → a list of `EvalItem`.
 
 Nothing is downloaded here. Each benchmark lives in its own folder under `DATA_ROOT`, laid out as
-`huggingface-cli download REPO --repo-type dataset --local-dir DATA_ROOT/FOLDER` leaves it; a glob
+`hf download REPO --repo-type dataset --local-dir DATA_ROOT/FOLDER` leaves it; a glob
 takes every shard (`-00000-of-00003`, ...), read in sorted order. Folder names match case-insensitively.
 
 | name | FOLDER / files (glob) | Hugging Face dataset, split |
@@ -38,10 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from mixedr1.config import InputError
 from mixedr1.evaluation.scoring import MMBENCH_CIRCULAR_BASE, ai2d_letter, all_boxed, letters_for, parse_options_literal
 
 
-class BenchmarkDataError(ValueError):
+class BenchmarkDataError(InputError):
     """A benchmark file that is missing or does not have the expected schema."""
 
 
@@ -148,7 +149,7 @@ def find_benchmark_files(name: str, data_root: str | Path) -> list[Path]:
         raise BenchmarkDataError(f"--data-root {root} is not a directory")
     folders = [p for p in root.iterdir() if p.is_dir() and p.name.lower() == spec.folder.lower()]
     download = (
-        f"download it with `huggingface-cli download {spec.hf_dataset.split(' ')[0]} --repo-type dataset "
+        f"download it with `hf download {spec.hf_dataset.split(' ')[0]} --repo-type dataset "
         f"--local-dir {root / spec.folder}`"
     )
     if not folders:
