@@ -169,8 +169,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         _open_ended("bipartite", "Tokenizer bipartite matching", judge=False),
         _open_ended("bmas", "BMAS (ours)", judge=False),
     )),
-    Experiment("others", "Mixed-R1 (7B) on further benchmarks (MM-Math has no loader)",
-               ("mathvista", "mmmu_pro", "mathverse", "mmiq", "m3cot"), (
+    Experiment("others", "Mixed-R1 (7B) on further benchmarks",
+               ("mathvista", "mmmu_pro", "mathverse", "mm_math", "mmiq", "m3cot"), (
         Row("qwen25vl_7b_mixed_r1", "Mixed-R1 (7B)", "thinking", checkpoint_of="table1/qwen25vl_7b_mixed_r1"),
     )),
 )}

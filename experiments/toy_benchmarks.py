@@ -16,6 +16,7 @@ the scores a model gets on them mean nothing.
 from __future__ import annotations
 
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -144,7 +145,7 @@ def write_benchmarks(root: Path) -> Path:
 
 
 def write_optional_benchmarks(root: Path) -> None:
-    """MathVerse, MMMU-Pro (standard + vision), MM-IQ, M3CoT: two questions each."""
+    """MathVerse, MMMU-Pro (standard + vision), MM-IQ, M3CoT, MM-Math: two questions each."""
     s, i64, strings = pa.string(), pa.int64(), pa.list_(pa.string())
     write(
         root / "MathVerse/testmini.parquet",
@@ -203,6 +204,16 @@ def write_optional_benchmarks(root: Path) -> None:
         {"id": s, "category": s, "image_id": s, "question": s, "choices": strings, "context": s, "answer": s,
          "rationale": s, "split": s, "image": IMAGE, "domain": s, "topic": s},
     )
+
+    # MM-Math ships JSON lines and its images (THU-KEG/MM_Math), not parquet.
+    (root / "MM_Math").mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"question": "Find AB.", "file_name": "a.png", "solution": r"\boxed{3}", "year": "七年级上学期", "difficult": "容易", "knowledge": []},
+        {"question": "Find x.", "file_name": "b.png", "solution": r"\boxed{\frac{1}{2}}", "year": "八年级下学期", "difficult": "困难", "knowledge": []},
+    ]
+    for name, color in (("a.png", "white"), ("b.png", "black")):
+        (root / "MM_Math" / name).write_bytes(png(color)["bytes"])
+    (root / "MM_Math" / "MM_Math.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 if __name__ == "__main__":
