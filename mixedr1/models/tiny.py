@@ -138,28 +138,36 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, family: str = "qwen2_5_
     return TINY_BUILDERS[family](out_dir, seed=seed)
 
 
+def _text_config(tokenizer, **overrides) -> dict:
+    """The tiny language model every family shares (2 layers, hidden 64, GQA 4/2 heads), with ChatML's
+    ids, and `overrides` on top."""
+    token_id = tokenizer.convert_tokens_to_ids
+    return dict(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        bos_token_id=token_id("<|endoftext|>"), eos_token_id=token_id("<|im_end|>"), pad_token_id=token_id("<|endoftext|>"),
+    ) | overrides
+
+
+def _qwen_vision_token_ids(tokenizer) -> dict:
+    """The Qwen-VL placeholder ids of a model config (image / video pads, vision start / end)."""
+    token_id = tokenizer.convert_tokens_to_ids
+    return dict(image_token_id=token_id("<|image_pad|>"), video_token_id=token_id("<|video_pad|>"),
+                vision_start_token_id=token_id("<|vision_start|>"), vision_end_token_id=token_id("<|vision_end|>"))
+
+
 def build_tiny_qwen25vl(out_dir: str | Path, seed: int = 0, max_pixels: int = 28 * 28 * 16) -> Path:
     """Write a random tiny Qwen2.5-VL (weights, tokenizer, chat template, generation config, image-only
     processor) to `out_dir`; a few MB. `max_pixels` caps the resized image at 16 merged tokens."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = _train_tiny_tokenizer()
-    token_id = tokenizer.convert_tokens_to_ids
     hidden, heads = 64, 4
     config = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=heads,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
+        text_config=_text_config(
+            tokenizer, hidden_size=hidden, num_attention_heads=heads,
             # M-RoPE splits head_dim/2 = 8 rotary frequencies over (temporal, height, width).
             rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]},
-            bos_token_id=token_id("<|endoftext|>"),
-            eos_token_id=token_id("<|im_end|>"),
-            pad_token_id=token_id("<|endoftext|>"),
         ),
         vision_config=dict(
             depth=2,
@@ -173,10 +181,7 @@ def build_tiny_qwen25vl(out_dir: str | Path, seed: int = 0, max_pixels: int = 28
             fullatt_block_indexes=[1],
             out_hidden_size=hidden,
         ),
-        image_token_id=token_id("<|image_pad|>"),
-        video_token_id=token_id("<|video_pad|>"),
-        vision_start_token_id=token_id("<|vision_start|>"),
-        vision_end_token_id=token_id("<|vision_end|>"),
+        **_qwen_vision_token_ids(tokenizer),
         tie_word_embeddings=False,
     )
     _save_random_model(Qwen2_5_VLForConditionalGeneration, config, tokenizer, seed, out_dir)
@@ -226,20 +231,7 @@ def build_tiny_internvl(out_dir: str | Path, seed: int = 0, tile_size: int = 56,
             hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
             image_size=[tile_size, tile_size], patch_size=[patch_size, patch_size],
         ),
-        text_config=dict(
-            model_type="qwen2",
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
-            bos_token_id=token_id("<|endoftext|>"),
-            eos_token_id=token_id("<|im_end|>"),
-            pad_token_id=token_id("<|endoftext|>"),
-            tie_word_embeddings=False,
-        ),
+        text_config=_text_config(tokenizer, model_type="qwen2", tie_word_embeddings=False),
         image_token_id=token_id("<IMG_CONTEXT>"),
         image_seq_length=image_seq_length,
         downsample_ratio=downsample_ratio,
@@ -283,26 +275,14 @@ def build_tiny_qwen3vl(out_dir: str | Path, seed: int = 0, max_pixels: int = 32 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = _train_tiny_tokenizer()
-    token_id = tokenizer.convert_tokens_to_ids
     hidden = 64
     config = Qwen3VLConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden,
-            intermediate_size=128,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=32,
-            max_position_embeddings=4096,
+        text_config=_text_config(
+            tokenizer, hidden_size=hidden, num_hidden_layers=3, head_dim=32, tie_word_embeddings=False,
             # Interleaved M-RoPE over head_dim/2 = 16 frequencies: h takes 1, 4, ..., 13 and w 2, 5,
             # ..., 14 (5 each), t the other 6; Qwen3-VL-8B: [24, 20, 20] of 64.
             rope_parameters={"rope_type": "default", "rope_theta": 5_000_000.0, "mrope_section": [6, 5, 5],
                              "mrope_interleaved": True},
-            bos_token_id=token_id("<|endoftext|>"),
-            eos_token_id=token_id("<|im_end|>"),
-            pad_token_id=token_id("<|endoftext|>"),
-            tie_word_embeddings=False,
         ),
         vision_config=dict(
             depth=2,
@@ -316,10 +296,7 @@ def build_tiny_qwen3vl(out_dir: str | Path, seed: int = 0, max_pixels: int = 32 
             num_position_embeddings=64,  # an 8 x 8 learned grid, interpolated to each image's patch grid
             deepstack_visual_indexes=[0, 1],
         ),
-        image_token_id=token_id("<|image_pad|>"),
-        video_token_id=token_id("<|video_pad|>"),
-        vision_start_token_id=token_id("<|vision_start|>"),
-        vision_end_token_id=token_id("<|vision_end|>"),
+        **_qwen_vision_token_ids(tokenizer),
         tie_word_embeddings=False,
     )
     _save_random_model(Qwen3VLForConditionalGeneration, config, tokenizer, seed, out_dir)
