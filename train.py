@@ -49,8 +49,8 @@ from mixedr1.checkpoint import checkpoint_step, load_train_state, save_checkpoin
 from mixedr1.data.batch import collate, sft_completions  # noqa: E402
 from mixedr1.data.dataset import Record, load_heldout, load_training_records, records_for_step  # noqa: E402
 from mixedr1.grpo import grpo_policy_loss, group_advantages, loss_normalizers  # noqa: E402
-from mixedr1.heldout import eval_table, evaluate, format_eval  # noqa: E402
-from mixedr1.metrics import rollout_sums  # noqa: E402
+from mixedr1.heldout import HeldoutEval  # noqa: E402
+from mixedr1.metrics import add_loss_stats, rollout_metrics, sample_rows  # noqa: E402
 from mixedr1.models import load_policy_and_processor  # noqa: E402
 from mixedr1.models.tiny import prepare_demo_inputs  # noqa: E402
 from mixedr1.optim import build_optimizer, optimizer_step  # noqa: E402
@@ -113,8 +113,10 @@ def train(cfg: Config, dist: distributed.DistInfo, log: RunLog, run_dir: Path, r
     if dist.is_main:
         save_config(cfg, run_dir / "config.yaml")
     records, report = load_training_records(cfg.data, cfg.train.seed)
+    warmup_records, warmup_report = load_training_records(dataclasses.replace(cfg.data, train_file=cfg.data.sft_warmup_file),
+                                                          cfg.train.seed) if cfg.data.sft_warmup_file else (records, None)
     heldout, heldout_report = load_heldout(cfg.data)
-    for part in filter(None, (report, heldout_report)):
+    for part in filter(None, (report, warmup_report, heldout_report)):
         log.info(part.summary())
     if dist.is_main and report.n_bad:
         log.info(f"skipped records: {report.write_skipped(run_dir / 'skipped.jsonl')}")
@@ -130,19 +132,18 @@ def train(cfg: Config, dist: distributed.DistInfo, log: RunLog, run_dir: Path, r
         log.info(f"train.resume: no checkpoint in {run_dir / 'checkpoints'}; starting at step 0")
 
     # ---- the loop: SFT warm-up steps first (if any), then GRPO (or SFT throughout for the baseline) --
-    summary = {}
     first_rl_step = cfg.train.sft_warmup_steps if cfg.train.algorithm == "grpo" else 0
+    heldout_eval = HeldoutEval(heldout, cfg, first_rl_step)
     progress = progress_bar(total_steps, start_step, enabled=dist.is_main and cfg.log.progress_bar)
     for step in range(start_step, total_steps):
         if step == first_rl_step and step > 0:  # the SFT warm-up is over: GRPO starts from here
             rebase_reference_after_warmup(run.policy, run.reference, run.processor, run_dir / "sft_warmup", cfg, dist.rank)
             run.optimizer.state.clear()  # a fresh optimizer, as a separate GRPO run from that checkpoint would have
             log.info(f"SFT warm-up done: policy saved to {run_dir / 'sft_warmup'}; it is GRPO's reference from here")
-        if heldout and step == first_rl_step:  # the demo's "before": after the SFT warm-up, before GRPO
-            summary["before"] = evaluate(run.policy, run.processor, heldout, cfg, run.reward_ctx, dist)
-            log.info(f"held-out before {cfg.train.algorithm} (step {step}): " + format_eval(summary["before"]))
-        step_records = records_for_step(records, step, cfg.train.prompts_per_step, cfg.train.seed, cfg.data.shuffle,
-                                        dist.rank, dist.world_size)
+        if heldout_eval.due(step):  # held-out metrics before the first GRPO step, then every log.eval_every steps
+            heldout_eval(run, step)
+        step_records = records_for_step(warmup_records if step < cfg.train.sft_warmup_steps else records, step,
+                                        cfg.train.prompts_per_step, cfg.train.seed, cfg.data.shuffle, dist.rank, dist.world_size)
         t0 = time.perf_counter()
         with distributed.bf16_autocast(cfg.model.dtype, dist.device):
             if cfg.train.algorithm == "sft" or step < cfg.train.sft_warmup_steps:
@@ -174,12 +175,11 @@ def train(cfg: Config, dist: distributed.DistInfo, log: RunLog, run_dir: Path, r
                             {"nonfinite_in_a_row": nonfinite_in_a_row}, rank=dist.rank, keep_last=cfg.checkpoint.keep_last)
     progress.close()
 
-    if heldout:
-        summary["after"] = evaluate(run.policy, run.processor, heldout, cfg, run.reward_ctx, dist)
-        log.info(f"held-out after {cfg.train.algorithm}: " + format_eval(summary["after"]))
-        if "before" in summary:
-            distributed.print0(eval_table(summary["before"], summary["after"]))
-    return summary
+    heldout_eval(run, total_steps)  # after the last step; the before/after table
+    if heldout_eval.table():
+        distributed.print0(heldout_eval.table())
+    log.plot_curves()  # curves.png: training reward per type, held-out accuracy, completion length, KL
+    return heldout_eval.summary()
 
 
 # ================================================================================================
@@ -266,8 +266,7 @@ def grpo_step(run: Run, step_records: list[Record], step: int) -> dict:
             distributed.set_gradient_sync(policy, cfg.distributed.sync_every_micro_batch or i == len(micro_batches) - 1)
             (loss * dist.world_size).backward()
             stats["loss/total"] += loss.item()
-            for key, value in loss_stats.items():
-                stats[f"loss/{key}"] += float(value)
+            add_loss_stats(stats, loss_stats)  # kl, entropy, clip_ratio/* (metrics.LOSS_STAT_TAGS)
         metrics.update(optimizer_step(policy, run.optimizer, stats, cfg))
         skipped_updates += not math.isfinite(metrics["loss/total"])
     if skipped_updates:  # one non-finite update of μ makes the step non-finite, whatever the last one gave
@@ -276,18 +275,13 @@ def grpo_step(run: Run, step_records: list[Record], step: int) -> dict:
     metrics["time/update"] = time.perf_counter() - t0
 
     # ---- metrics, averaged over ranks --------------------------------------------------------------
-    metrics.update(distributed.mean_over_ranks(rollout_sums(
-        [r.problem_type for r in batch.records], breakdowns, rollout.completion_lengths, rollout.finish_reason,
-        zero_variance, G)))
-    metrics["completion/length_max"] = max(distributed.all_gather_objects(float(rollout.completion_lengths.max())))
+    metrics.update(rollout_metrics([r.problem_type for r in batch.records], breakdowns, rollout.completion_lengths,
+                                   rollout.finish_reason, zero_variance, G))
     metrics["perf/tokens"] = float(distributed.all_reduce_sum(seq.attention_mask.sum().double()))
     processed, real = distributed.all_reduce_sum(torch.tensor(seq.padded_tokens(micro_batches), dtype=torch.float64, device=device)).tolist()
     metrics["perf/padded_token_fraction"] = processed / real - 1  # forward positions spent on padding
-    if dist.is_main and step % cfg.log.sample_every == 0:
-        run.log.samples(step + 1, [
-            {"id": batch.records[i // G].id, "problem_type": batch.records[i // G].problem_type,
-             "reward": breakdowns[i].total, "completion": texts[i]} for i in range(0, len(texts), G)
-        ])
+    if dist.is_main and ((step + 1) % cfg.log.sample_every == 0 or step + 1 == cfg.train.sft_warmup_steps + cfg.train.steps):
+        run.log.samples(step + 1, sample_rows(batch.records, texts, breakdowns, advantages.tolist(), G))  # numbered as metrics
     return metrics
 
 

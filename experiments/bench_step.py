@@ -137,7 +137,7 @@ def main(argv=None) -> None:
     on, off = results[True], results[False]
     print(f"\nworkload: model={args.size} prompts/step={args.prompts} G={args.group_size} "
           f"max_new_tokens={args.max_new_tokens} lengths={args.lengths} micro_batch={args.micro_batch} beta={args.beta} "
-          f"steps averaged={args.steps - 1} mean completion length={on['completion/length_mean']:.1f}")
+          f"steps averaged={args.steps - 1} mean completion length={on['completions/mean_length']:.1f}")
     print(f"{'phase':<12}{'trim_padding':>14}{'no trim':>10}   (seconds)")
     for phase in ("rollout", "reward", "reference", "update", "step"):
         print(f"{phase:<12}{on['time/' + phase]:>14.3f}{off['time/' + phase]:>10.3f}")

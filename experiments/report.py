@@ -245,12 +245,12 @@ def figure4(results: str | Path, path: Optional[Path] = None):
     """Figure 4: open-ended reward and completion length over steps, one line per Table 4 design."""
     title = "Figure 4: open-ended reward designs" + (" (TOY-SCALE REHEARSAL)" if rehearsal_info(results) else "")
     return plot_runs(experiment_runs(results, "table4"),
-                     [("accuracy/open_ended", "open-ended reward"), ("completion/length_mean", "completion length (tokens)")],
+                     [("accuracy/open_ended", "open-ended reward"), ("completions/mean_length", "completion length (tokens)")],
                      title, path)
 
 
-CURVE_KEYS = [("reward/total", "reward (R_acc + λ·R_fmt)"), ("completion/length_mean", "completion length (tokens)"),
-              ("loss/kl", "KL to the reference"), ("loss/sft_nll", "SFT loss (NLL per token)")]
+CURVE_KEYS = [("reward/total", "reward (R_acc + λ·R_fmt)"), ("completions/mean_length", "completion length (tokens)"),
+              ("kl", "KL to the reference"), ("loss/sft_nll", "SFT loss (NLL per token)")]
 
 
 def training_curves(results: str | Path, name: str, path: Optional[Path] = None):

@@ -1,7 +1,9 @@
-"""One run directory per run (STYLE 6): text log, metrics (TensorBoard + a JSONL mirror), samples.
+"""One run directory per run (STYLE 6): text log, metrics (TensorBoard + a JSONL mirror), samples,
+and `curves.png` drawn from the metrics at the end.
 
 Only rank 0 writes; on other ranks every method is a no-op, so the training loop calls them
-unconditionally. TensorBoard tags are namespaced (`reward/total`, `reward/open_ended`, `loss/kl`, …).
+unconditionally. Tags are namespaced (`reward/total`, `accuracy/open_ended`, `heldout/accuracy/mcq`)
+or TRL's names (`kl`, `reward_std`, `completions/mean_length`); the README's metrics table lists them.
 """
 
 from __future__ import annotations
@@ -99,18 +101,35 @@ class RunLog:
             self.writer.flush()
 
     def samples(self, step: int, rows: list[dict[str, Any]]) -> None:
-        """Sample completions as text: a JSONL line each, and one markdown table in TensorBoard."""
+        """Sample completions (`metrics.sample_rows`: one row per prompt with its completions): a JSONL
+        line per prompt, and one markdown table in TensorBoard with a line per completion."""
         if not self.enabled or not rows:
             return
         for row in rows:
             self._samples.write(json.dumps({"step": step, **row}, ensure_ascii=False) + "\n")
         self._samples.flush()
         if self.writer is not None:
-            lines = ["| type | reward | completion |", "|---|---|---|"]
+            cell = lambda value: str(value).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+            lines = ["| type | answer | reward | advantage | completion |", "|---|---|---|---|---|"]
             for row in rows:
-                text = str(row.get("completion", "")).replace("|", "\\|").replace("\n", " ")
-                lines.append(f"| {row.get('problem_type', '')} | {row.get('reward', '')} | {text} |")
+                for c in row.get("completions", [row]):
+                    lines.append(f"| {row.get('problem_type', '')} | {cell(row.get('answer', ''))} | {c.get('reward', '')} | "
+                                 f"{c.get('advantage', '')} | {cell(c.get('completion', ''))} |")
             self.writer.add_text("samples", "\n".join(lines), step)
+
+    def plot_curves(self) -> None:
+        """`curves.png` in the run directory from metrics.jsonl (`plot_curves`); a logged note instead
+        when matplotlib is missing."""
+        if not self.enabled:
+            return
+        self._metrics.flush()
+        try:
+            path = plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png")
+        except ImportError as e:
+            self.info(f"curves.png not drawn: {e} (pip install -r requirements.txt)")
+            return
+        if path is not None:
+            self.info(f"training curves: {path}")
 
     def close(self) -> None:
         if not self.enabled:
@@ -122,6 +141,67 @@ class RunLog:
         for handler in list(self.logger.handlers):
             handler.close()
             self.logger.removeHandler(handler)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl (a torn last line is skipped)."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    return [s for s, _ in points], [v for _, v in points]
+
+
+def _moving_average(values: list[float], window: int) -> list[float]:
+    return [sum(values[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))]
+
+
+CURVE_TYPES = ("yorn", "mcq", "chart", "grounding", "open_ended")
+
+
+def plot_curves(metrics_path: Path, out: Path, smooth: int = 10) -> Path | None:
+    """Six panels over steps: training reward per type (a `smooth`-step moving average), held-out
+    accuracy (yorn, mcq, chart; grounding as mean IoU), held-out open-ended BMAS and format rate,
+    completion length (mean, min, max), KL to the reference, and the GRPO signal (`reward_std`,
+    `frac_reward_zero_std`). None when metrics.jsonl has no GRPO step. Needs matplotlib (no pyplot:
+    nothing global is touched)."""
+    from matplotlib.figure import Figure
+
+    rows = read_metrics(metrics_path)
+    if not any("reward/total" in r for r in rows):
+        return None
+    fig = Figure(figsize=(15, 8.5), layout="constrained")
+    axes = fig.subplots(2, 3).ravel()
+    panels = [
+        ("training reward per type (R_acc + λ·R_fmt, sampled)", [(f"reward/type/{t}", t) for t in CURVE_TYPES], smooth),
+        ("held-out accuracy (greedy; grounding: mean IoU)", [(f"heldout/accuracy/{t}", t) for t in CURVE_TYPES[:4]], 0),
+        ("held-out open-ended BMAS ([-2, 2]) and format rate", [("heldout/accuracy/open_ended", "BMAS"), ("heldout/format", "format")], 0),
+        ("completion length (tokens)", [("completions/mean_length", "mean"), ("completions/min_length", "min"),
+                                        ("completions/max_length", "max")], 0),
+        ("KL to the reference (k3, token mean)", [("kl", "kl")], 0),
+        ("GRPO signal", [("reward_std", "reward_std (within group)"), ("frac_reward_zero_std", "frac_reward_zero_std")], 0),
+    ]
+    for ax, (title, keys, window) in zip(axes, panels):
+        for key, label in keys:
+            steps, values = _series(rows, key)
+            if steps:
+                ax.plot(steps, _moving_average(values, window) if window else values, label=label,
+                        marker="" if window or len(steps) > 30 else "o")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.suptitle(f"{Path(metrics_path).parent.name}: {Path(metrics_path)}", fontsize=10)
+    fig.savefig(out, dpi=80)
+    return Path(out)
 
 
 def progress_bar(total: int, initial: int, enabled: bool):

@@ -244,7 +244,7 @@ def test_rehearsal_trains_internvl_with_the_shipped_config(rehearsed):
     base_sft = load_config(Path(info["base_models"]["internvl"]).parents[1] / "config.yaml")
     assert (base_sft.train.algorithm, base_sft.model.max_pixels, base_sft.train.steps) == ("sft", None, 3)
     for metrics in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()):
-        assert 0 < metrics["completion/length_mean"] <= 32 and metrics["loss/entropy"] > 0
+        assert 0 < metrics["completions/mean_length"] <= 32 and metrics["entropy"] > 0
         assert -3 <= metrics["reward/total"] <= 3  # accuracy in [-2, 2] (BMAS) plus format in [0, 1]
     evaluated = json.loads((results / key / "eval.json").read_text())
     assert evaluated["checkpoint"] == str(run / "checkpoints" / "step-000002")

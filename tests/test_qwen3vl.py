@@ -374,9 +374,9 @@ def test_grpo_runs_on_a_tiny_qwen3vl(tmp_path, tiny_qwen3vl_dir):
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert rows[0]["loss/sft_nll"] > 0
     for row in rows[1:]:
-        assert all(torch.isfinite(torch.tensor(row[k])) for k in ("loss/total", "loss/kl", "optim/grad_norm", "reward/total"))
-        assert row["completion/length_mean"] > 0
-        assert abs(row["loss/ratio"] - 1) < 1e-4
+        assert all(torch.isfinite(torch.tensor(row[k])) for k in ("loss/total", "kl", "optim/grad_norm", "reward/total"))
+        assert row["completions/mean_length"] > 0
+        assert abs(row["grpo/ratio_mean"] - 1) < 1e-4
     checkpoint = sorted((run / "checkpoints").glob("step-*"))[-1]
     initial = load_file(tiny_qwen3vl_dir / "model.safetensors")
     trained = load_file(checkpoint / "model.safetensors")

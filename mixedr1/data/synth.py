@@ -1,10 +1,13 @@
 """Synthetic data of all five types with exact ground truth, for tests and the CPU demo.
 
-    python -m mixedr1.data.synth --out DIR --n N --seed S [--heldout M]
+    python -m mixedr1.data.synth --out DIR --n N --seed S [--heldout M] [--warmup K] [--task scenes|visual_facts]
 
-writes `DIR/train.jsonl` (N items per type), `DIR/heldout.jsonl` (M per type) and PNGs under
-`DIR/images/`, in the schema of docs/method.md §1 (data root = DIR). Small white images (56-112 px a side)
-with coloured shapes placed in disjoint grid cells, so nothing overlaps:
+writes `DIR/train.jsonl` (N items per type), `DIR/heldout.jsonl` (M per type), `DIR/warmup.jsonl`
+(K per type, only when K > 0) and PNGs under `DIR/images/`, in the schema of docs/method.md §1
+(data root = DIR). Two tasks (`data.synth_task`):
+
+`scenes` (the default; tests): small white images (56-112 px a side) with coloured shapes placed in
+disjoint grid cells, so nothing overlaps:
 
 - yorn: "Is there a red circle in the image?" (half yes, half no)
 - mcq: "How many squares are there in the image?" with 4 numeric options
@@ -13,6 +16,25 @@ with coloured shapes placed in disjoint grid cells, so nothing overlaps:
   continuous edges: x2 = last column + 1), no other shape has its colour
 - open_ended: "Describe the image in one sentence." -> "A red circle and two blue squares on a
   white background."
+
+`visual_facts` (the quick start, configs/demo.yaml): one fact per item that a 200K-parameter model
+with a random vision tower can learn to read from the pixels, on 56 x 56 images (the tiny
+Qwen2.5-VL's smallest frame: 2 x 2 merged image tokens, one per 28 px quadrant):
+
+- yorn: "Is the shape red?" (one big shape; red, or green / blue / yellow)
+- mcq: "What colour is the shape?" with the options red, green, blue, yellow (always A-D in that order)
+- chart: "How many squares are there?" -> 1-4 squares of one colour, one per quadrant
+- grounding: "Find the square." -> the box of the one square, which fills most of one quadrant
+- open_ended: "Describe the image in one sentence." -> "A red circle." (colour and shape)
+
+Its answers cycle through the classes with the item's index (yes/no, A-D, 1-4, the quadrant, the
+colour), so any 2k items of yorn, or 4k of the others, are exactly balanced: the held-out
+majority-class rate is 1/2 for yorn and 1/4 for mcq and chart (`mixedr1.heldout.majority_rates`).
+
+`warmup.jsonl` holds items for an SFT warm-up that teaches the format but not the answers
+(`data.sft_warmup_file`): the images and questions of fresh items, each with the answer of ANOTHER
+item of its type drawn independently, so the target is a well-formed answer that carries no
+information about its image. GRPO then has to learn the answers from the reward alone.
 
 Each item draws from its own `random.Random(f"{seed}:{split}:{type}:{index}")`, so the same seed
 gives byte-identical files and adding items never changes earlier ones. A `meta` key records what
@@ -179,13 +201,91 @@ def _open_ended(rng: random.Random) -> dict:
 MAKERS = {"yorn": _yorn, "mcq": _mcq, "chart": _chart, "grounding": _grounding, "open_ended": _open_ended}
 
 
-def _write_split(root: Path, split: str, n_per_type: int, seed: int) -> Path:
+# ---- visual_facts: one fact per item, readable from 56 x 56 pixels --------------------------------
+FACT_SIZE = 56  # image side: 2 x 2 merged tokens of the tiny Qwen2.5-VL, one per 28 px quadrant
+FACT_COLORS = ("red", "green", "blue", "yellow")
+QUADRANTS = ((0, 0), (28, 0), (0, 28), (28, 28))  # (x, y) of the top-left, top-right, bottom-left, bottom-right quadrant
+GROUNDING_MARGIN = 3  # the grounding square fills its quadrant but this many pixels at each side
+
+
+def _draw_objects(objects: list[tuple[str, str, tuple[int, int, int, int]]]) -> tuple[Image.Image, list[dict]]:
+    """Draw (colour, shape, inclusive box) objects on a white FACT_SIZE image; per object, its exact
+    pixel box [x1, y1, x2, y2) measured from its own mask."""
+    image = Image.new("RGB", (FACT_SIZE, FACT_SIZE), BACKGROUND)
+    drawn = []
+    for color, shape, box in objects:
+        _draw_shape(ImageDraw.Draw(image), shape, box, COLORS[color])
+        mask = Image.new("L", image.size, 0)
+        _draw_shape(ImageDraw.Draw(mask), shape, box, 255)
+        drawn.append({"color": color, "shape": shape, "box": list(mask.getbbox())})
+    return image, drawn
+
+
+def _big_shape(rng: random.Random, color: str) -> tuple[Image.Image, dict]:
+    """One shape of 36-52 px in `color` at a random place on a white FACT_SIZE image."""
+    shape, side = rng.choice(SHAPES), rng.randint(36, 52)
+    x0, y0 = rng.randint(0, FACT_SIZE - side), rng.randint(0, FACT_SIZE - side)
+    image, drawn = _draw_objects([(color, shape, (x0, y0, x0 + side - 1, y0 + side - 1))])
+    return image, drawn[0]
+
+
+def _fact_yorn(rng: random.Random, index: int) -> dict:
+    color = "red" if index % 2 == 0 else rng.choice(FACT_COLORS[1:])
+    image, obj = _big_shape(rng, color)
+    return dict(question="Is the shape red?", answer="yes" if color == "red" else "no", image=image, meta={"objects": [obj]})
+
+
+def _fact_mcq(rng: random.Random, index: int) -> dict:
+    image, obj = _big_shape(rng, FACT_COLORS[index % 4])
+    return dict(question="What colour is the shape?", options=list(FACT_COLORS), answer="ABCD"[index % 4], image=image,
+                meta={"objects": [obj]})
+
+
+def _fact_chart(rng: random.Random, index: int) -> dict:
+    count, color = 1 + index % 4, rng.choice(FACT_COLORS)
+    objects = []
+    for x, y in rng.sample(QUADRANTS, count):
+        side = rng.randint(16, 24)
+        x0, y0 = x + rng.randint(1, 27 - side), y + rng.randint(1, 27 - side)  # >= 1 px gap to the next quadrant
+        objects.append((color, "square", (x0, y0, x0 + side - 1, y0 + side - 1)))
+    image, drawn = _draw_objects(objects)
+    return dict(question="How many squares are there?", answer=str(count), image=image, meta={"objects": drawn, "count": count})
+
+
+def _fact_grounding(rng: random.Random, index: int) -> dict:
+    (x, y), m = QUADRANTS[index % 4], GROUNDING_MARGIN
+    image, drawn = _draw_objects([(rng.choice(FACT_COLORS), "square", (x + m, y + m, x + 27 - m, y + 27 - m))])
+    return dict(question="Find the square.", answer=drawn[0]["box"], image=image, meta={"objects": drawn, "quadrant": index % 4})
+
+
+def _fact_open_ended(rng: random.Random, index: int) -> dict:
+    image, obj = _big_shape(rng, FACT_COLORS[index % 4])
+    return dict(question="Describe the image in one sentence.", answer=f"{_a(obj['color'])} {obj['shape']}.".capitalize(),
+                image=image, meta={"objects": [obj]})
+
+
+# A task: problem type -> maker(rng, index) of one item (index: the item's place in its split).
+TASKS = {
+    "scenes": {ptype: (lambda maker: lambda rng, index: maker(rng))(maker) for ptype, maker in MAKERS.items()},
+    "visual_facts": {"yorn": _fact_yorn, "mcq": _fact_mcq, "chart": _fact_chart, "grounding": _fact_grounding,
+                     "open_ended": _fact_open_ended},
+}
+
+
+def _write_split(root: Path, split: str, n_per_type: int, seed: int, task: str = "scenes") -> Path:
+    """Split "warmup" keeps each item's image and question but gives it the answer of an item drawn
+    independently (its own stream `f"{seed}:warmup-answer:{type}:{index}"`, its class at random)."""
     path = root / f"{split}.jsonl"
     (root / "images").mkdir(parents=True, exist_ok=True)
+    makers = TASKS[task]
     with open(path, "w", encoding="utf-8") as f:
         for index in range(n_per_type):
             for ptype in PROBLEM_TYPES:
-                item = MAKERS[ptype](random.Random(f"{seed}:{split}:{ptype}:{index}"))
+                item = makers[ptype](random.Random(f"{seed}:{split}:{ptype}:{index}"), index)
+                if split == "warmup":
+                    donor_rng = random.Random(f"{seed}:warmup-answer:{ptype}:{index}")
+                    item["meta"] = {**item["meta"], "image_answer": item["answer"]}
+                    item["answer"] = makers[ptype](donor_rng, donor_rng.randrange(1 << 30))["answer"]
                 record_id = f"{split}-{ptype}-{index:05d}"
                 image_rel = f"images/{record_id}.png"
                 item.pop("image").save(root / image_rel, format="PNG")
@@ -197,14 +297,22 @@ def _write_split(root: Path, split: str, n_per_type: int, seed: int) -> Path:
     return path
 
 
-def write_synthetic_dataset(out_dir: str | Path, n_per_type: int, seed: int = 0, heldout_per_type: int = 0) -> SynthPaths:
-    """Write `train.jsonl` (n_per_type items of each type), `heldout.jsonl` (heldout_per_type each) and
-    their images under `out_dir`. The held-out split uses its own random streams (no overlap by seed)."""
-    if n_per_type < 0 or heldout_per_type < 0:
-        raise ValueError(f"expected non-negative item counts, got n={n_per_type}, heldout={heldout_per_type}")
+def write_synthetic_dataset(out_dir: str | Path, n_per_type: int, seed: int = 0, heldout_per_type: int = 0,
+                            task: str = "scenes", warmup_per_type: int = 0) -> SynthPaths:
+    """Write `train.jsonl` (n_per_type items of each type), `heldout.jsonl` (heldout_per_type each),
+    `warmup.jsonl` (warmup_per_type each, if > 0: answers carry no information, see the module
+    docstring) and their images under `out_dir`, for `task` (a key of TASKS). Each split uses its own
+    random streams (no overlap by seed)."""
+    if n_per_type < 0 or heldout_per_type < 0 or warmup_per_type < 0:
+        raise ValueError(f"expected non-negative item counts, got n={n_per_type}, heldout={heldout_per_type}, "
+                         f"warmup={warmup_per_type}")
+    if task not in TASKS:
+        raise ValueError(f"task: expected one of {', '.join(TASKS)}, got {task!r}")
     root = Path(out_dir)
-    train = _write_split(root, "train", n_per_type, seed)
-    heldout = _write_split(root, "heldout", heldout_per_type, seed)
+    train = _write_split(root, "train", n_per_type, seed, task)
+    heldout = _write_split(root, "heldout", heldout_per_type, seed, task)
+    if warmup_per_type:
+        _write_split(root, "warmup", warmup_per_type, seed, task)
     return SynthPaths(root, train, heldout)
 
 
@@ -214,10 +322,15 @@ def _main(argv=None) -> None:
     parser.add_argument("--n", type=int, required=True, help="training items per problem type")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--heldout", type=int, default=2, help="held-out items per problem type")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="SFT warm-up items per problem type (warmup.jsonl; their answers carry no information)")
+    parser.add_argument("--task", choices=list(TASKS), default="scenes",
+                        help="scenes: several small shapes and bar charts; visual_facts: one fact per 56 px image (the quick start)")
     args = parser.parse_args(argv)
-    paths = write_synthetic_dataset(args.out, args.n, args.seed, args.heldout)
-    print(f"wrote {args.n} x {len(PROBLEM_TYPES)} training items to {paths.train} and "
-          f"{args.heldout} x {len(PROBLEM_TYPES)} held-out items to {paths.heldout}")
+    paths = write_synthetic_dataset(args.out, args.n, args.seed, args.heldout, args.task, args.warmup)
+    print(f"wrote {args.n} x {len(PROBLEM_TYPES)} training items to {paths.train}, "
+          f"{args.heldout} x {len(PROBLEM_TYPES)} held-out items to {paths.heldout}"
+          + (f" and {args.warmup} x {len(PROBLEM_TYPES)} warm-up items to {paths.root / 'warmup.jsonl'}" if args.warmup else ""))
 
 
 if __name__ == "__main__":

@@ -329,8 +329,8 @@ def prepare_demo_inputs(cfg, run_dir: Path, is_main: bool):
     if cfg.data.synth_items > 0:
         data_dir = run_dir / "data"
         if is_main and not (data_dir / "train.jsonl").is_file():
-            write_synthetic_dataset(data_dir, cfg.data.synth_items, seed=cfg.train.seed,
-                                    heldout_per_type=cfg.data.synth_heldout_items)
+            write_synthetic_dataset(data_dir, cfg.data.synth_items, seed=cfg.train.seed, heldout_per_type=cfg.data.synth_heldout_items,
+                                    task=cfg.data.synth_task, warmup_per_type=cfg.data.synth_warmup_items)
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(
             cfg.data, data_root=str(data_dir), train_file="train.jsonl"))
     distributed.barrier()

@@ -1,0 +1,36 @@
+"""The quick start's machinery on a shortened demo: a format-only SFT warm-up on items whose answers
+belong to other items, held-out metrics logged as heldout/* at the first GRPO step, every
+log.eval_every steps and at the end, curves.png, and samples with the last step."""
+
+import json
+
+from PIL import Image
+
+import train
+from mixedr1.data.dataset import load_records
+from test_train import metrics, write_config
+
+
+def test_short_demo_logs_heldout_metrics_curves_and_samples(tmp_path):
+    cfg = write_config(
+        tmp_path, "demo", train={"steps": 4, "sft_warmup_steps": 2}, log={"eval_every": 2, "sample_every": 3},
+        data={"synth_items": 4, "synth_task": "visual_facts", "synth_heldout_items": 4, "synth_warmup_items": 4,
+              "sft_warmup_file": "warmup.jsonl", "eval_file": "heldout.jsonl"},
+    )
+    summary = train.main([str(cfg)])
+    run = tmp_path / "demo"
+    rows = metrics(run)
+    evaluated = [r["step"] for r in rows if "heldout/format" in r]
+    assert evaluated == [2, 4, 6]  # before the first GRPO step, every 2 GRPO steps, after the last
+    for key in ("heldout/accuracy/yorn", "heldout/reward/grounding", "heldout/accuracy/open_ended"):
+        assert key in rows[-1]
+    assert set(summary) >= {"before", "after"}
+    assert Image.open(run / "curves.png").size[0] > 0
+    sampled = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert sampled[-1]["step"] == 6 and len(sampled[-1]["completions"]) == 4  # the last step, G completions
+    assert {"question", "answer"} <= set(sampled[-1]) and "advantage" in sampled[-1]["completions"][0]
+    # The warm-up items carry the answers of other items: the same images and questions as fresh
+    # items, answers drawn independently (no information about their own image).
+    warmup, _ = load_records(run / "data" / "warmup.jsonl", run / "data")
+    train_items, _ = load_records(run / "data" / "train.jsonl", run / "data")
+    assert {r.problem_type for r in warmup} == {r.problem_type for r in train_items}
