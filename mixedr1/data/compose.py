@@ -1,30 +1,33 @@
 """Compose the training mix from filtered items: so many items of each problem type (docs/method.md §1, Table 3).
 
     python -m mixedr1.data.compose --in KEPT.jsonl [MORE.jsonl ...] --out MIX.jsonl \\
-        (--counts yorn=9000,mcq=20000,chart=6000,grounding=5000,open_ended=5000 | --preset mixed45k) \\
+        (--counts yorn=9000,mcq=20000,chart=6000,grounding=5000,open_ended=5000 | --preset mixed45k|20k|90k) \\
         [--scale 0.5|2] [--seed 0] [--allow-repeat]
 
 Reads the input files in the order given (lines in file order), groups the items by `problem_type`,
 and takes `round(scale * count)` of each requested type (`all`: every item of the type, unscaled; a
-type not named is left out). Sampling is deterministic given --seed: a category with more items
-than asked gets a seeded sample without replacement (`random.Random(f"{seed}:{type}")`). Taken
-items are written in input order as their ORIGINAL lines. A category with fewer items than asked gives all of
-them and the shortfall is reported; with --allow-repeat it is filled by repeats instead: whole
-passes over the category then a seeded partial one (as `data.scale` > 1 does in training), each
-repeat written after the originals with its id suffixed `@rep1`, `@rep2`, ... (the training loader
-rejects duplicate ids; this one line is re-serialised).
+type not named is left out). Taken items are written in input order as their ORIGINAL lines.
 
-The preset `mixed45k` is our reading of the paper (§3.1): "approximately 9K" yes/no, "around 20K"
-multiple-choice ("the largest category"), 45K in all. Its Figure 2 (the per-category distribution)
-did not survive text extraction, so the remaining 16K is split by us: 6K chart (four sources:
-ChartQA, DocVQA, InfoVQA, MultiHiertt), 5K grounding (RefCOCOg) and 5K open-ended (ALLaVA).
-Table 3's 20K / 90K runs are `--scale 0.5` / `--scale 2` ("reducing it by half or doubling it for
-each category").
+Which items: each category's items are put in one seeded order (a shuffle by
+`random.Random(f"{seed}:{type}")`, so other categories and files do not change it), and a mix takes
+the first k of that order. So with one seed and one filtered pool the mixes nest: the 20K preset is a
+subset of Mixed-45K, and the 90K preset holds every Mixed-45K item plus items NOT in it, as many as
+the pool has. Only when a category's pool runs out (k > its n items) is there a shortfall, reported;
+with --allow-repeat it is filled by repeats instead, taken in the same order cycled (whole passes,
+then a partial one), each written after the originals with its id suffixed `@rep1`, `@rep2`, ...
+(the training loader rejects duplicate ids; this one line is re-serialised). How many items had
+to repeat is in the table, the report and a log line.
+
+Presets (`PRESETS`, each number's source next to it): `mixed45k` is our reading of the paper §3.1
+(9K yes/no and 20K multiple choice are the paper's; its per-category figure gives no other numbers,
+so the remaining 16K, chart / grounding / open-ended, are split by us); `20k` and `90k` are Table 3's
+rows, "reducing it by half or doubling it for each category" (§4.2), i.e. `mixed45k` at scale 0.5
+and 2 (`--preset mixed45k --scale 0.5` is the same mix as `--preset 20k`).
 
 Input lines are checked only for what composing needs (valid JSON, a string `id` unique over all
 inputs, a known `problem_type`), errors naming file and line; the trainer's loader validates the
-rest. Prints a table of requested / available / taken / shortfall per category and writes it to
-`MIX.report.json`.
+rest. Prints a table of requested / available / taken / repeated / shortfall per category and
+writes it to `MIX.report.json`.
 """
 
 from __future__ import annotations
@@ -39,9 +42,30 @@ from typing import Optional, Sequence
 
 from mixedr1.config import PROBLEM_TYPES
 
-# Mixed-45K (paper §3.1; see the module docstring for which numbers are the paper's).
+# Mixed-45K per category. The paper (§3.1 "Dataset Types and Distribution"; docs/method.md §1) gives
+# the total and two of the five categories in its text; its Fig. 2 (the distribution) gives no
+# numbers we can read.
+MIXED45K = {
+    # Paper §3.1: "We extracted approximately 9K samples" (YORN). §4.2 (Table 2's discussion) says
+    # "YORN only has 8K samples"; we follow §3.1, the dataset's own description.
+    "yorn": 9000,
+    # Paper §3.1: "the largest category, containing around 20K samples" (MCQ).
+    "mcq": 20000,
+    # Not given in the paper: our choice. The 16K left of the 45K (title, §3.1 "a dataset of 45K
+    # samples") after yes/no and mcq, split 6K / 5K / 5K: chart a little larger because it draws on
+    # four sources (ChartQA, DocVQA, InfoVQA, MultiHiertt), grounding (RefCOCOg) and open-ended
+    # (ALLaVA) one each; any such split keeps mcq the largest category, as §3.1 says.
+    "chart": 6000,
+    "grounding": 5000,  # not given in the paper: our choice (see chart)
+    "open_ended": 5000,  # not given in the paper: our choice (see chart)
+}
 PRESETS = {
-    "mixed45k": {"yorn": 9000, "mcq": 20000, "chart": 6000, "grounding": 5000, "open_ended": 5000},
+    "mixed45k": MIXED45K,
+    # Table 3 and §4.2: "we take the 45K data as the baseline, reducing it by half or doubling it for
+    # each category". Half of each category is 22.5K in all: the paper labels the row "20K"; we follow
+    # the text (halve each category), not the label.
+    "20k": {ptype: n // 2 for ptype, n in MIXED45K.items()},
+    "90k": {ptype: 2 * n for ptype, n in MIXED45K.items()},  # Table 3 / §4.2: each category doubled
 }
 ALL = -1  # `type=all` in --counts
 REPEAT_SUFFIX = "@rep"
@@ -114,22 +138,28 @@ def requested(counts: dict[str, int], available: dict[str, int], scale: float) -
     return {t: available.get(t, 0) if n == ALL else round(scale * n) for t, n in counts.items()}
 
 
+def draw_order(n: int, seed: int, ptype: str) -> list[int]:
+    """The order in which every mix draws a category's n items: one shuffle seeded by (seed, type)
+    alone, so other categories and other input files' sizes do not change it. A mix of k items
+    takes the first k, so mixes of one seed and pool nest (module docstring)."""
+    order = list(range(n))
+    random.Random(f"{seed}:{ptype}").shuffle(order)
+    return order
+
+
 def take(lines: list[Line], k: int, seed: int, ptype: str, allow_repeat: bool) -> tuple[list[Line], list[list[Line]]]:
-    """`k` of one category's lines: the originals taken (input order) and, with allow_repeat, the
-    repeat passes (each in input order). Seeded by (seed, type) alone, so other categories and
-    other input files' sizes do not change this category's choice."""
-    rng = random.Random(f"{seed}:{ptype}")
-    n = len(lines)
-    if k <= n:
-        return [lines[i] for i in sorted(rng.sample(range(n), k))], []
-    if not allow_repeat or n == 0:
-        return list(lines), []
-    passes, left = [], k - n
+    """`k` of one category's lines: the originals taken (input order) and, with allow_repeat and k
+    beyond the pool, the repeat passes (each in input order): the draw order cycled, so the items
+    repeated first are those the smaller mixes hold."""
+    order = draw_order(len(lines), seed, ptype)
+    originals = [lines[i] for i in sorted(order[:k])]
+    if k <= len(lines) or not allow_repeat or not lines:
+        return originals, []
+    passes, left = [], k - len(lines)
     while left > 0:
-        chosen = sorted(rng.sample(range(n), min(n, left)))
-        passes.append([lines[i] for i in chosen])
-        left -= len(chosen)
-    return list(lines), passes
+        passes.append([lines[i] for i in sorted(order[:left])])
+        left -= len(passes[-1])
+    return originals, passes
 
 
 def repeated_line(line: Line, copy: int) -> str:
@@ -188,6 +218,33 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def notes(summary: dict) -> list[str]:
+    """One log line per category that ran out of items: how many repeat, or how many are missing."""
+    out = []
+    for ptype, s in summary.items():
+        if s["repeated"] > 0:
+            out.append(f"compose: {ptype}: asked for {s['requested']}, the pool has {s['available']}: every one taken, "
+                       f"and {s['repeated']} had to repeat")
+        if s["shortfall"] > 0:
+            out.append(f"compose: {ptype}: asked for {s['requested']}, only {s['available']} available "
+                       f"(short by {s['shortfall']}; --allow-repeat fills it with repeats)")
+    return out
+
+
+def report_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".report.json")
+
+
+def write_mix(out: Path, out_lines: list[str], report: dict) -> None:
+    """The mix, then its report, each through a temporary file and a rename (the report last: its
+    presence means the mix is whole)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for path, text in ((out, "".join(line + "\n" for line in out_lines)), (report_path(out), json.dumps(report, indent=1) + "\n")):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m mixedr1.data.compose", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -196,7 +253,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--out", required=True, type=Path, help="the mix (JSONL); the summary goes to OUT's stem + .report.json")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--counts", help="TYPE=N[,TYPE=N...]; N may be 'all'; types not named are left out")
-    which.add_argument("--preset", choices=sorted(PRESETS), help="the paper's per-category counts")
+    which.add_argument("--preset", choices=sorted(PRESETS), help="per-category counts (PRESETS: Mixed-45K and Table 3's 20K / 90K)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every count (Table 3: 0.5 or 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--allow-repeat", action="store_true", help="fill a category's shortfall by repeating its items")
@@ -206,18 +263,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         out_lines, summary = compose(args.inputs, counts, args.scale, args.seed, args.allow_repeat)
     except ValueError as e:
         parser.error(str(e))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in out_lines), encoding="utf-8")
-    os.replace(tmp, args.out)
     report = {"inputs": [str(p) for p in args.inputs], "preset": args.preset, "scale": args.scale, "seed": args.seed,
               "allow_repeat": args.allow_repeat, "categories": summary}
-    args.out.with_name(args.out.stem + ".report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    write_mix(args.out, out_lines, report)
     print(format_table(summary))
-    for ptype, s in summary.items():
-        if s["shortfall"] > 0:
-            print(f"compose: {ptype}: asked for {s['requested']}, only {s['available']} available "
-                  f"(short by {s['shortfall']}; --allow-repeat fills it with repeats)")
+    for line in notes(summary):
+        print(line)
     print(f"compose: wrote {len(out_lines)} items to {args.out}")
     return report
 
