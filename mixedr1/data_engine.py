@@ -431,6 +431,7 @@ def main(argv: Optional[Sequence[str]] = None, poll_s: float = 2.0) -> dict:
 
     args = parse_args(argv)
     cfg = build_config(args)
+    joined = distributed.is_initialized()  # a caller's group is left to it (experiments/build_mixed45k.py: one group, one run per source)
     dist = distributed.init_distributed(cfg.distributed.backend)
     settings = settings_of(args, cfg)
     settings_sha = sha16(json.dumps(settings, sort_keys=True))
@@ -449,7 +450,8 @@ def main(argv: Optional[Sequence[str]] = None, poll_s: float = 2.0) -> dict:
         write_atomically(report_file(args.out), json.dumps(report, indent=1, ensure_ascii=False) + "\n")
         print(format_table(report), flush=True)
         print(f"filter: wrote {len(kept_lines)} of {len(items)} items to {args.out} and {report_file(args.out)}", flush=True)
-    distributed.destroy_distributed()
+    if not joined:  # a destroyed group cannot be joined again in this process (gloo: stale store keys)
+        distributed.destroy_distributed()
     return report
 
 

@@ -56,6 +56,18 @@ def destroy_distributed() -> None:
         dist.destroy_process_group()
 
 
+def is_initialized() -> bool:
+    """Whether this process has joined a process group (a caller that did not create it leaves it)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def launch_rank() -> tuple[int, int]:
+    """(rank, world size) as torchrun set them, read before any process group exists: (0, 1) under
+    plain `python`. For work done before joining (a group joined early times out while rank 0 works
+    alone for hours)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def _active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

@@ -21,9 +21,14 @@ def rank_file(out: Path, kind: str, rank: int) -> Path:
     return out.parent / f"{out.stem}.{kind}.rank{rank}.jsonl"
 
 
+def rank_files(out: Path, kind: str) -> list[Path]:
+    """Every rank's file of `kind` next to `out`, in name order."""
+    return sorted(out.parent.glob(glob.escape(out.stem) + f".{kind}.rank*.jsonl"))
+
+
 def read_rank_files(out: Path, kind: str) -> Iterator[tuple[str, dict]]:
     """`("file:line", entry)` for every line of every rank's file, files in name order."""
-    for path in sorted(out.parent.glob(glob.escape(out.stem) + f".{kind}.rank*.jsonl")):
+    for path in rank_files(out, kind):
         lines = path.read_text(encoding="utf-8").split("\n")
         for line_no, line in enumerate(lines, start=1):
             if not line.strip():

@@ -808,8 +808,11 @@ def skipped_path(out: Path) -> Path:
 
 
 def convert(source: str, in_dir: Path, out: Path, images_dir: Path, image_root: Optional[Path] = None,
-            files: Optional[Sequence[str]] = None, limit: Optional[int] = None, id_prefix: Optional[str] = None) -> dict:
-    """Convert one source; returns the report (also written next to `out`)."""
+            files: Optional[Sequence[str]] = None, limit: Optional[int] = None, id_prefix: Optional[str] = None,
+            progress: bool = False) -> dict:
+    """Convert one source; returns the report (also written next to `out`). `progress`: a bar of rows read."""
+    from tqdm import tqdm
+
     if source not in CONVERTERS:
         raise InputError(f"--source: expected one of {', '.join(sorted(CONVERTERS))}, got {source!r}")
     if not in_dir.is_dir():
@@ -829,7 +832,8 @@ def convert(source: str, in_dir: Path, out: Path, images_dir: Path, image_root: 
     seen_ids: dict[str, str] = {}
     rows_read = written = 0
     tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as sink:
+    bar = tqdm(desc=f"convert {id_prefix or source}", unit="row", disable=not progress, dynamic_ncols=True)
+    with open(tmp, "w", encoding="utf-8") as sink, bar:
         for path in source_files(in_dir, settings["files"]):
             if limit is not None and written >= limit:
                 break
@@ -839,6 +843,7 @@ def convert(source: str, in_dir: Path, out: Path, images_dir: Path, image_root: 
                 if limit is not None and written >= limit:
                     break
                 rows_read += number > 0
+                bar.update(number > 0)
                 try:
                     if isinstance(row, Skip):
                         raise row
@@ -907,7 +912,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--limit", type=int, default=None, help="stop after N records")
     parser.add_argument("--id-prefix", default=None, help="record ids start with this (default: the source name)")
     args = parser.parse_args(argv)
-    report = convert(args.source, args.in_dir, args.out, args.images, args.image_root, args.files, args.limit, args.id_prefix)
+    report = convert(args.source, args.in_dir, args.out, args.images, args.image_root, args.files, args.limit, args.id_prefix,
+                     progress=True)
     print(summary(report), flush=True)
     return report
 
