@@ -93,6 +93,14 @@ class RolloutConfig:
     top_k: int = bounded(0, ge=0)  # top-k sampling; 0 = off
     max_new_tokens: int = bounded(1024, ge=1)  # completion length cap; also Dr.GRPO's constant normaliser
     prompts_per_batch: int = bounded(8, ge=1)  # prompts sampled together in one call of the sampler
+    # How the sampler decodes (mixedr1/rollout.py): static = a KV cache preallocated for prompt + max_new_tokens and
+    # a batch shape fixed for the whole decode (finished rows masked, not dropped; no host sync per step);
+    # dynamic = a growing cache that drops finished rows. Both draw the same tokens for a seed.
+    decode: Literal["static", "dynamic"] = "static"
+    # static decode only: each decode step (forward + sampling) under torch.compile(fullgraph=True), with CUDA
+    # graphs on CUDA; auto = on for CUDA, off on CPU (a CPU decode is matmul-bound: ~30 s of compiling for a few %)
+    compile: Literal["auto", True, False] = "auto"
+    sync_every: int = bounded(16, ge=1)  # static decode: check whether every row has finished once per this many steps
 
 
 @dataclass
@@ -235,7 +243,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return _coerce(value, inner[0], key)
     if origin is Literal:
         choices = typing.get_args(tp)
-        if value not in choices:
+        if not any(value == c and type(value) is type(c) for c in choices):  # 1 is not True
             raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}", key)
         return value
     if origin is list:

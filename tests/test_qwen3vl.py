@@ -38,6 +38,8 @@ def tiny(tiny_qwen3vl_dir):
     return model, processor
 
 
+DECODES = pytest.mark.parametrize("decode", ["static", "dynamic"])  # the sampler's two decodes
+
 # 16 px patches merged 2x2: one image token per 32 x 32 pixels.
 MIXED = [
     ("Is there a red circle?", [(64, 64)]),  # 4 image tokens
@@ -135,10 +137,11 @@ def test_mrope_positions_equal_hf_get_rope_index(tiny):
     assert torch.equal(next_position, batch["attention_mask"].sum(1) + rope_deltas.squeeze(1))
 
 
-def test_sampling_logprobs_equal_teacher_forced_forward(tiny):
+@DECODES
+def test_sampling_logprobs_equal_teacher_forced_forward(tiny, decode):
     model, processor = tiny
     batch = make_batch(processor, MIXED)
-    params = SamplingParams(group_size=3, max_new_tokens=12, temperature=0.7, pad_token_id=0, seed=1)
+    params = SamplingParams(decode=decode, group_size=3, max_new_tokens=12, temperature=0.7, pad_token_id=0, seed=1)
     free = generate_rollout(model, batch, params)
     # EOS = tokens sampled mid-way by rows 1 and 5, so some rows stop early.
     params.eos_token_ids = (free.completion_ids[1, 3].item(), free.completion_ids[5, 7].item())
@@ -152,11 +155,12 @@ def test_sampling_logprobs_equal_teacher_forced_forward(tiny):
 
 
 @pytest.mark.parametrize("prompts", [MIXED[:1], MIXED[:2], MIXED[2:]], ids=["one_prompt", "left_padded_pair", "text_only"])
-def test_greedy_equals_generate(tiny, prompts):
+@DECODES
+def test_greedy_equals_generate(tiny, prompts, decode):
     model, processor = tiny
     batch = make_batch(processor, prompts)
     pad = processor.tokenizer.pad_token_id
-    params = SamplingParams(group_size=1, max_new_tokens=16, greedy=True, eos_token_ids=eos_ids(processor), pad_token_id=pad)
+    params = SamplingParams(decode=decode, group_size=1, max_new_tokens=16, greedy=True, eos_token_ids=eos_ids(processor), pad_token_id=pad)
     rollout = generate_rollout(model, batch, params)
     with torch.no_grad():
         sequences = model.generate(**batch, do_sample=False, max_new_tokens=16, eos_token_id=eos_ids(processor),
@@ -166,14 +170,15 @@ def test_greedy_equals_generate(tiny, prompts):
     assert rollout.completion_ids.shape[1] == 16
 
 
-def test_text_only_prompts_with_empty_image_tensors(tiny):
+@DECODES
+def test_text_only_prompts_with_empty_image_tensors(tiny, decode):
     """`rollout_in_chunks` gives a text-only chunk empty `pixel_values [0, C]` / `image_grid_thw [0, 3]`:
     the same rollout as the processor's output without them (the vision tower never sees zero images)."""
     model, processor = tiny
     batch = make_batch(processor, MIXED[2:])
     assert "pixel_values" not in batch
     empty = dict(batch, pixel_values=torch.zeros(0, 3 * 2 * 16 * 16), image_grid_thw=torch.zeros(0, 3, dtype=torch.long))
-    params = SamplingParams(group_size=2, max_new_tokens=6, pad_token_id=0, seed=3)
+    params = SamplingParams(decode=decode, group_size=2, max_new_tokens=6, pad_token_id=0, seed=3)
     for share_prefix in (True, False):
         expected = generate_rollout(model, batch, params, share_prefix=share_prefix)
         rollout = generate_rollout(model, empty, params, share_prefix=share_prefix)
@@ -181,10 +186,11 @@ def test_text_only_prompts_with_empty_image_tensors(tiny):
         torch.testing.assert_close(rollout.sampling_logprobs, expected.sampling_logprobs, atol=0, rtol=0)
 
 
-def test_share_prefix_equals_separate_prefills(tiny):
+@DECODES
+def test_share_prefix_equals_separate_prefills(tiny, decode):
     model, processor = tiny
     batch = make_batch(processor, MIXED)
-    params = SamplingParams(group_size=4, max_new_tokens=10, eos_token_ids=eos_ids(processor), pad_token_id=0, seed=7)
+    params = SamplingParams(decode=decode, group_size=4, max_new_tokens=10, eos_token_ids=eos_ids(processor), pad_token_id=0, seed=7)
     shared = generate_rollout(model, batch, params, share_prefix=True)
     separate = generate_rollout(model, batch, params, share_prefix=False)
     assert torch.equal(shared.completion_ids, separate.completion_ids)

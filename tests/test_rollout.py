@@ -22,6 +22,11 @@ from mixedr1.rollout import (
 )
 
 
+# The sampler checks run with both decodes (mixedr1/rollout.py step 3); tests/test_static_decode.py
+# compares the two directly.
+DECODES = pytest.mark.parametrize("decode", ["static", "dynamic"])
+
+
 @pytest.fixture(scope="module")
 def tiny(tiny_qwen_dir):
     path = tiny_qwen_dir
@@ -60,10 +65,11 @@ def test_mrope_positions_equal_hf_get_rope_index(tiny):
     assert next_position.tolist()[2] == batch["attention_mask"][2].sum().item()  # text only: delta 0
 
 
-def test_sampling_logprobs_equal_teacher_forced_forward(tiny):
+@DECODES
+def test_sampling_logprobs_equal_teacher_forced_forward(tiny, decode):
     model, processor = tiny
     batch = make_batch(processor, MIXED)
-    params = SamplingParams(group_size=3, max_new_tokens=12, temperature=0.7, pad_token_id=0, seed=1)
+    params = SamplingParams(decode=decode, group_size=3, max_new_tokens=12, temperature=0.7, pad_token_id=0, seed=1)
     free = generate_rollout(model, batch, params)
     # EOS = tokens sampled mid-way by rows 1 and 5, so some rows stop early (the draws are per row).
     params.eos_token_ids = (free.completion_ids[1, 3].item(), free.completion_ids[5, 7].item())
@@ -79,11 +85,12 @@ def test_sampling_logprobs_equal_teacher_forced_forward(tiny):
 
 
 @pytest.mark.parametrize("prompts", [MIXED[:1], MIXED[:2], MIXED[2:]], ids=["one_prompt", "left_padded_pair", "text_only"])
-def test_greedy_equals_generate(tiny, prompts):
+@DECODES
+def test_greedy_equals_generate(tiny, prompts, decode):
     model, processor = tiny
     batch = make_batch(processor, prompts)
     pad = processor.tokenizer.pad_token_id
-    params = SamplingParams(group_size=1, max_new_tokens=16, greedy=True, eos_token_ids=eos_ids(processor), pad_token_id=pad)
+    params = SamplingParams(decode=decode, group_size=1, max_new_tokens=16, greedy=True, eos_token_ids=eos_ids(processor), pad_token_id=pad)
     rollout = generate_rollout(model, batch, params)
     with torch.no_grad():
         sequences = model.generate(
@@ -99,10 +106,11 @@ def test_greedy_equals_generate(tiny, prompts):
     assert rollout.completion_ids.shape[1] == 16
 
 
-def test_share_prefix_equals_separate_prefills(tiny):
+@DECODES
+def test_share_prefix_equals_separate_prefills(tiny, decode):
     model, processor = tiny
     batch = make_batch(processor, MIXED)
-    params = SamplingParams(group_size=4, max_new_tokens=10, eos_token_ids=[563], pad_token_id=0, seed=7)
+    params = SamplingParams(decode=decode, group_size=4, max_new_tokens=10, eos_token_ids=[563], pad_token_id=0, seed=7)
     shared = generate_rollout(model, batch, params, share_prefix=True)
     separate = generate_rollout(model, batch, params, share_prefix=False)
     assert torch.equal(shared.completion_ids, separate.completion_ids)
@@ -113,16 +121,18 @@ def test_share_prefix_equals_separate_prefills(tiny):
     assert len({tuple(row) for row in shared.completion_ids[:4].tolist()}) > 1
 
 
-def test_early_eos_masks_pads_and_drops_rows_without_changing_the_others(tiny):
+@DECODES
+def test_early_eos_masks_pads_and_drops_rows_without_changing_the_others(tiny, decode):
     model, processor = tiny
     batch = make_batch(processor, MIXED)
-    free = generate_rollout(model, batch, SamplingParams(group_size=2, max_new_tokens=12, pad_token_id=0, seed=3))
+    free = generate_rollout(model, batch, SamplingParams(decode=decode, group_size=2, max_new_tokens=12, pad_token_id=0, seed=3))
     assert free.finish_reason == ["length"] * 6 and free.completion_mask.all()
     # EOS = tokens emitted by rows 0, 3 and 4 at different steps: those rows (and any other row
-    # emitting one of them) stop there, and are dropped from the batch at different steps.
+    # emitting one of them) stop there, and are dropped from the batch (dynamic) or masked (static)
+    # at different steps.
     eos = [free.completion_ids[0, 2].item(), free.completion_ids[3, 6].item(), free.completion_ids[4, 9].item()]
     pad = 1
-    params = SamplingParams(group_size=2, max_new_tokens=12, eos_token_ids=eos, pad_token_id=pad, seed=3)
+    params = SamplingParams(decode=decode, group_size=2, max_new_tokens=12, eos_token_ids=eos, pad_token_id=pad, seed=3)
     stopped = generate_rollout(model, batch, params)
     assert stopped.finish_reason[0] == "eos" and stopped.completion_lengths[0].item() == 3
     assert stopped.finish_reason.count("length") >= 1 and stopped.finish_reason.count("eos") >= 3
@@ -133,7 +143,7 @@ def test_early_eos_masks_pads_and_drops_rows_without_changing_the_others(tiny):
         assert stopped.finish_reason[row] == ("eos" if len(hits) else "length")
         assert stopped.completion_mask[row, :length].all() and not stopped.completion_mask[row, length:].any()
         assert (stopped.completion_ids[row, length:] == pad).all()
-        # Same per-row random numbers, and a dropped row does not disturb the rows still running.
+        # Same per-row random numbers, and a dropped / masked row does not disturb the rows still running.
         assert torch.equal(stopped.completion_ids[row, :length], free.completion_ids[row, :length])
         torch.testing.assert_close(
             stopped.sampling_logprobs[row, :length], free.sampling_logprobs[row, :length], atol=1e-5, rtol=0
@@ -141,10 +151,11 @@ def test_early_eos_masks_pads_and_drops_rows_without_changing_the_others(tiny):
     assert stopped.completion_ids.shape[1] == stopped.completion_lengths.max().item()
 
 
-def test_all_rows_stop_early_trims_the_completion_axis(tiny):
+@DECODES
+def test_all_rows_stop_early_trims_the_completion_axis(tiny, decode):
     model, processor = tiny
     batch = make_batch(processor, MIXED[:1])
-    greedy = SamplingParams(group_size=2, max_new_tokens=20, greedy=True, pad_token_id=0)
+    greedy = SamplingParams(decode=decode, group_size=2, max_new_tokens=20, greedy=True, pad_token_id=0)
     first = generate_rollout(model, batch, greedy).completion_ids[0, 0].item()
     greedy.eos_token_ids = (first,)
     rollout = generate_rollout(model, batch, greedy)
@@ -257,7 +268,8 @@ def test_rejects_right_padding_and_unknown_models(tiny):
         generate_rollout(model, batch, SamplingParams(group_size=1, max_new_tokens=2))
 
 
-def test_fsdp2_sharded_model_samples_the_same_and_never_reshards_inside_the_loop(tiny, tmp_path):
+@DECODES
+def test_fsdp2_sharded_model_samples_the_same_and_never_reshards_inside_the_loop(tiny, tmp_path, decode):
     dist = pytest.importorskip("torch.distributed")
     from torch.distributed.fsdp._fully_shard import _fsdp_param_group
 
@@ -265,7 +277,7 @@ def test_fsdp2_sharded_model_samples_the_same_and_never_reshards_inside_the_loop
 
     model, processor = tiny
     batch = make_batch(processor, MIXED)
-    params = SamplingParams(group_size=2, max_new_tokens=6, eos_token_ids=[563], seed=4)
+    params = SamplingParams(decode=decode, group_size=2, max_new_tokens=6, eos_token_ids=[563], seed=4)
     plain = generate_rollout(model, batch, params)
     dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
     try:
@@ -353,10 +365,11 @@ def test_internvl_prompt_tiles_and_repeat(tiny_internvl):
     assert torch.equal(rows["pixel_values"], expected)
 
 
-def test_internvl_sampling_logprobs_equal_teacher_forced_forward(tiny_internvl):
+@DECODES
+def test_internvl_sampling_logprobs_equal_teacher_forced_forward(tiny_internvl, decode):
     model, processor = tiny_internvl
     batch = make_batch(processor, INTERNVL_MIXED)
-    params = SamplingParams(group_size=3, max_new_tokens=10, temperature=0.7, pad_token_id=0, seed=1)
+    params = SamplingParams(decode=decode, group_size=3, max_new_tokens=10, temperature=0.7, pad_token_id=0, seed=1)
     free = generate_rollout(model, batch, params)
     params.eos_token_ids = (free.completion_ids[1, 3].item(), free.completion_ids[5, 6].item())
     rollout = generate_rollout(model, batch, params)
@@ -374,12 +387,13 @@ def test_internvl_sampling_logprobs_equal_teacher_forced_forward(tiny_internvl):
 
 @pytest.mark.parametrize("prompts", [INTERNVL_MIXED[:1], INTERNVL_MIXED[:2], INTERNVL_MIXED[2:]],
                          ids=["one_prompt", "left_padded_pair", "text_only"])
-def test_internvl_greedy_equals_generate(tiny_internvl, prompts):
+@DECODES
+def test_internvl_greedy_equals_generate(tiny_internvl, prompts, decode):
     model, processor = tiny_internvl
     batch = make_batch(processor, prompts)
     pad = processor.tokenizer.pad_token_id
     eos = [processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
-    params = SamplingParams(group_size=1, max_new_tokens=16, greedy=True, eos_token_ids=eos, pad_token_id=pad)
+    params = SamplingParams(decode=decode, group_size=1, max_new_tokens=16, greedy=True, eos_token_ids=eos, pad_token_id=pad)
     rollout = generate_rollout(model, batch, params)
     with torch.no_grad():
         sequences = model.generate(**batch, do_sample=False, max_new_tokens=16, eos_token_id=eos, pad_token_id=pad,
