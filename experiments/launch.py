@@ -2,7 +2,7 @@
 
     python experiments/launch.py table2 --dry-run          # print the commands
     python experiments/launch.py table2 [--results results] [--nproc 8] [--model-dir models] \\
-        [--judge-dir models] [--data data] [--train-file mixed45k/train.jsonl] [--bench-root benchmarks] \\
+        [--judge-dir models] [--data data/mixed45k] [--train-file mixed45k.jsonl] [--bench-root benchmarks] \\
         [--rows yorn,mcq] [--set key=value ...] [--eval-args "--batch-size 16"]
     python experiments/launch.py all --dry-run             # every experiment
 
@@ -95,6 +95,7 @@ class Row:
     overrides: tuple[str, ...] = ()  # key=value: what this row changes in the config
     judge: Optional[str] = None  # key of JUDGE_DIRS: the external judge this row's reward needs
     checkpoint_of: Optional[str] = None  # "<experiment>/<row>": evaluate that row's trained checkpoint
+    train_file: Optional[str] = None  # another mix beside Settings.train_file (same folder), e.g. Table 3's 20k.jsonl
 
     @property
     def kind(self) -> str:
@@ -152,11 +153,13 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         Row("open_ended", "+ Open-Ended", "thinking", checkpoint_of="table1/qwen25vl_3b_mixed_r1"),
     )),
     Experiment("table3", "Table 3: data scale (Qwen2.5-VL-3B) and InternVL2.5-4B", ("mathvista", "mathvision", "mmstar"), (
+        # The 20K / 90K mixes of experiments/build_mixed45k.py: each category halved / doubled with items
+        # drawn from the filtered pool (90K takes items not in 45K before repeating any).
         Row("scale_0.5", "20K (each category halved)", "thinking", model="qwen25vl_3b", config="configs/data_scale.yaml",
-            overrides=("data.scale=0.5", "train.steps=350")),
+            overrides=("train.steps=350",), train_file="20k.jsonl"),
         Row("scale_1", "45K", "thinking", checkpoint_of="table1/qwen25vl_3b_mixed_r1"),
         Row("scale_2", "90K (each category doubled)", "thinking", model="qwen25vl_3b", config="configs/data_scale.yaml",
-            overrides=("data.scale=2", "train.steps=1400")),
+            overrides=("train.steps=1400",), train_file="90k.jsonl"),
         Row("internvl25_4b_base", "InternVL2.5-4B", "direct", model="internvl25_4b"),
         Row("internvl25_4b_sft", "InternVL2.5-4B + SFT", "direct", model="internvl25_4b", config=INTERNVL_CONFIG,
             overrides=SFT_OVERRIDES),
@@ -213,8 +216,8 @@ class Settings:
     nproc: int = 8  # processes per run (GPUs); torchrun unless `launcher` is given
     model_paths: dict = field(default_factory=lambda: {k: f"models/{v}" for k, v in MODEL_DIRS.items()})
     judge_paths: dict = field(default_factory=lambda: {k: f"models/{v}" for k, v in JUDGE_DIRS.items()})
-    data_root: str = "data"  # data.data_root: the folder the training JSONL's image paths are relative to
-    train_file: str = "mixed45k/train.jsonl"  # data.train_file, relative to data_root
+    data_root: str = "data/mixed45k"  # data.data_root: the folder the training JSONL's image paths are relative to
+    train_file: str = "mixed45k.jsonl"  # data.train_file, relative to data_root (build_mixed45k.py's layout)
     bench_root: str = "benchmarks"  # eval.py --data-root: one sub-folder per benchmark
     launcher: Optional[tuple[str, ...]] = None  # None: torchrun --standalone --nproc_per_node N
     train_overrides: tuple[str, ...] = ()  # appended last to every training command (site or toy sizes)
@@ -259,8 +262,9 @@ def train_command(key: str, settings: Settings) -> Command:
     row = lookup(key)
     if row.kind != "train":
         raise ValueError(f"{key} trains nothing")
+    train_file = str(Path(settings.train_file).with_name(row.train_file)) if row.train_file else settings.train_file
     paths = [f"model.path={settings.model_paths[row.model]}", f"data.data_root={settings.data_root}",
-             f"data.train_file={settings.train_file}"]
+             f"data.train_file={train_file}"]
     if row.judge:
         paths.append(f"reward.judge_model={settings.judge_paths[row.judge]}")
     args = (row.config, *row.overrides, *paths, f"output_dir={row_dir(settings, key) / 'train'}",
@@ -377,8 +381,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--nproc", type=int, default=8, help="torchrun --nproc_per_node")
     parser.add_argument("--model-dir", default="models", help=f"holds {', '.join(MODEL_DIRS.values())}")
     parser.add_argument("--judge-dir", default=None, help=f"holds {', '.join(JUDGE_DIRS.values())} (default: --model-dir)")
-    parser.add_argument("--data", default="data", help="data.data_root of the training data")
-    parser.add_argument("--train-file", default="mixed45k/train.jsonl", help="data.train_file, relative to --data")
+    parser.add_argument("--data", default="data/mixed45k",
+                        help="data.data_root of the training data (build_mixed45k.py --out)")
+    parser.add_argument("--train-file", default="mixed45k.jsonl",
+                        help="data.train_file, relative to --data; Table 3 reads 20k.jsonl / 90k.jsonl beside it")
     parser.add_argument("--bench-root", default="benchmarks", help="eval.py --data-root")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override for every training run")
     parser.add_argument("--eval-args", default="", help='extra eval.py arguments, e.g. "--batch-size 16"')

@@ -108,6 +108,10 @@ def build_inputs(inputs: Path, families: Sequence[str], synth_items: int, base_s
     data, benchmarks, judges = inputs / "data", inputs / "benchmarks", inputs / "judges"
     if not (data / "train.jsonl").is_file():
         write_synthetic_dataset(data, synth_items, seed=0, heldout_per_type=0)
+        # Table 3's toy 20K / 90K mixes: half of the items, and the items twice.
+        lines = (data / "train.jsonl").read_text().splitlines(keepends=True)
+        (data / "20k.jsonl").write_text("".join(lines[::2]))
+        (data / "90k.jsonl").write_text("".join(lines * 2))
     if not (benchmarks / "MMStar").is_dir():
         write_benchmarks(benchmarks)
     judge_paths = {name: judges / name for name in JUDGE_NAMES}

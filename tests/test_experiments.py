@@ -60,13 +60,14 @@ def test_dry_run_prints_a_loadable_command_for_every_row(capsys, monkeypatch):
         assert config_file.startswith("configs/") and (ROOT / config_file).is_file(), config_file
         cfg = configs[key] = load_config(ROOT / config_file, overrides)  # raises on a bad key or value
         assert cfg.output_dir == f"results/{key}/train" and cfg.train.resume
-        assert cfg.data.data_root == "data" and cfg.data.train_file == "mixed45k/train.jsonl"
+        assert cfg.data.data_root == "data/mixed45k" and cfg.data.scale == 1
+        expected = {"table3/scale_0.5": "20k.jsonl", "table3/scale_2": "90k.jsonl"}.get(key, "mixed45k.jsonl")
+        assert cfg.data.train_file == expected, key
         assert cfg.model.path == "models/" + launch.MODEL_DIRS[launch.lookup(key).model]
     # Each row's difference from its config reached the config.
     assert configs["table2/yorn"].data.problem_types == ["yorn"]
     assert configs["table2/grounding"].data.problem_types == ["yorn", "mcq", "chart", "grounding"]
-    assert (configs["table3/scale_0.5"].data.scale, configs["table3/scale_0.5"].train.steps) == (0.5, 350)
-    assert (configs["table3/scale_2"].data.scale, configs["table3/scale_2"].train.steps) == (2.0, 1400)
+    assert (configs["table3/scale_0.5"].train.steps, configs["table3/scale_2"].train.steps) == (350, 1400)
     assert configs["table1/qwen25vl_7b_sft"].train.algorithm == "sft"
     assert configs["table3/internvl25_4b_mixed_r1"].model.path == "models/InternVL2_5-4B-hf"
     for design in ("modernbert", "sbert", "llm_judge", "bipartite", "bmas"):
