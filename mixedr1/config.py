@@ -98,7 +98,7 @@ class RolloutConfig:
     # dynamic = a growing cache that drops finished rows. Both draw the same tokens for a seed.
     decode: Literal["static", "dynamic"] = "static"
     # static decode only: each decode step (forward + sampling) under torch.compile(fullgraph=True), with CUDA
-    # graphs on CUDA; auto = on for CUDA, off on CPU (a CPU decode is matmul-bound: ~30 s of compiling for a few %)
+    # graphs on CUDA; auto = on for CUDA, off on CPU (compiling takes ~40 s there, more than short CPU runs save)
     compile: Literal["auto", True, False] = "auto"
     sync_every: int = bounded(16, ge=1)  # static decode: check whether every row has finished once per this many steps
 

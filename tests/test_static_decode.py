@@ -149,3 +149,32 @@ def test_rollout_config_reaches_the_sampling_params():
             load_config(None, [override])
     with pytest.raises(ValueError, match="decode must be 'static' or 'dynamic'"):
         SamplingParams(decode="fast")
+
+
+def test_compile_auto_decodes_eagerly_when_the_compiler_rejects_the_model(families, tmp_path, monkeypatch):
+    """An FSDP2-sharded model (its hooks stop fullgraph tracing): compile="auto" warns once and decodes eagerly,
+    drawing what the dynamic decode draws; compile=True raises."""
+    import copy
+
+    import torch.distributed as dist
+
+    import mixedr1.rollout as rollout
+    from mixedr1.distributed import shard_model
+
+    model, processor, prompts = families["qwen2_5_vl"]
+    batch = make_batch(processor, prompts)
+    params = dict(group_size=2, max_new_tokens=6, pad_token_id=0, seed=4)
+    dynamic = generate_rollout(model, batch, SamplingParams(**params, decode="dynamic"))
+    monkeypatch.setattr(rollout, "_compile_enabled", lambda params, device: params.compile is not False)  # auto on CPU
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        sharded = shard_model(copy.deepcopy(model))
+        with pytest.raises(torch._dynamo.exc.Unsupported):
+            generate_rollout(sharded, batch, SamplingParams(**params, compile=True))
+        with pytest.warns(UserWarning, match="torch.compile of the decode step failed, decoding eagerly"):
+            first = generate_rollout(sharded, batch, SamplingParams(**params, compile="auto"))
+        second = generate_rollout(sharded, batch, SamplingParams(**params, compile="auto"))  # eager from the start
+    finally:
+        dist.destroy_process_group()
+    assert_same_rollout(first, dynamic)
+    assert_same_rollout(second, dynamic)
