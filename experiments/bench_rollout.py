@@ -8,11 +8,24 @@ rounds after one warm-up each; the figure is the median wall time:
 
 - `generate`: transformers' `generate`. In transformers 5.23 it runs the vision encoder once per
   prompt and then repeats its output, but prefills the language model on all B*G rows.
-- `ours`: `generate_rollout` (prefill once per prompt, KV cache repeated G times).
-- `ours_no_share`: `generate_rollout(share_prefix=False)`, prefilling all B*G rows (vision tower
-  included), to separate the prefix sharing from the rest of the loop.
+- `dynamic`: `generate_rollout(decode="dynamic")`, the eager sampler that drops finished rows.
+- `static`: `generate_rollout(decode="static", compile=False)`: a preallocated cache, fixed shapes.
+- `static_compiled`: the same with the decode step under torch.compile (CUDA graphs on CUDA). Its
+  warm-up compiles; `compile_s` = that warm-up minus the median (a cold compile: the script turns
+  inductor's on-disk caches off).
+- `ours_no_share`: the default decode with `share_prefix=False`, prefilling all B*G rows (vision
+  tower included), to separate the prefix sharing from the rest of the loop.
 
-The last line is `rollout_time_ratio=<ours / generate>`.
+`ours` is what `SamplingParams()`'s defaults select (`decode="static"`, `compile="auto"`: compiled on
+CUDA, eager on CPU). Then, warm, over one `--check-tokens`-token rollout and a second call with a
+longer prompt (another prompt bucket of the static cache), the compiled decode's new graphs
+(`recompiles`, torch._dynamo's unique_graphs) and graph breaks; and for one rollout of each decode,
+the host syncs in the decode loop (profiler events aten::_local_scalar_dense / aten::item /
+aten::nonzero inside the `rollout.decode` range) per sampled token.
+
+The last line: `rollout_time_ratio=<ours / generate> vs_eager=<static compiled / dynamic>
+static_eager_vs_eager=<static / dynamic> recompiles= graph_breaks= host_syncs_per_step=<static>
+compile_s=`.
 
     python experiments/bench_rollout.py
     python experiments/bench_rollout.py --device cuda --dtype bfloat16 --hidden 2048 --layers 8 --new-tokens 256
@@ -21,16 +34,23 @@ The last line is `rollout_time_ratio=<ours / generate>`.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
-import torch
-from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+# compile_s is a cold compile: inductor's on-disk caches would hide it after the first run.
+os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
+warnings.filterwarnings("ignore", message="dynamo_pgo force disabled")
+import torch  # noqa: E402
+from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mixedr1.rollout import SamplingParams, banned_token_ids, generate_rollout  # noqa: E402
+from mixedr1.rollout import DECODE_RANGE, SamplingParams, banned_token_ids, generate_rollout  # noqa: E402
+
+SYNC_EVENTS = ("aten::_local_scalar_dense", "aten::item", "aten::nonzero")
 
 # Token ids of the random model: ordinary text uses ids >= 16.
 PAD, VISION_START, VISION_END, IMAGE, VIDEO = 0, 1, 2, 3, 4
@@ -53,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vision-depth", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=16384)
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up")
+    parser.add_argument("--check-tokens", type=int, default=128, help="tokens of the recompile / graph-break check")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: least disturbed on a shared machine)")
     return parser.parse_args(argv)
 
@@ -103,13 +124,13 @@ def build_model(args: argparse.Namespace) -> Qwen2_5_VLForConditionalGeneration:
     return model.to(args.device, getattr(torch, args.dtype))
 
 
-def build_batch(args: argparse.Namespace) -> dict[str, torch.Tensor]:
+def build_batch(args: argparse.Namespace, text_tokens: int | None = None) -> dict[str, torch.Tensor]:
     """B left-padded prompts: text, <vision_start>, grid^2/4 image pads, <vision_end>, text."""
     generator = torch.Generator().manual_seed(0)
     image_tokens = args.grid * args.grid // 4
     rows = []
     for b in range(args.prompts):
-        text = args.text_tokens - 3 * b  # different lengths: left padding
+        text = (text_tokens or args.text_tokens) - 3 * b  # different lengths: left padding
         ids = torch.randint(16, args.vocab, (text,), generator=generator).tolist()
         rows.append(ids[: text // 2] + [VISION_START] + [IMAGE] * image_tokens + [VISION_END] + ids[text // 2 :])
     width = max(len(r) for r in rows)
@@ -125,16 +146,51 @@ def build_batch(args: argparse.Namespace) -> dict[str, torch.Tensor]:
     }
 
 
+def host_syncs_in_decode(fn) -> int:
+    """Reads of a device value on the host (profiler events aten::_local_scalar_dense, aten::item,
+    aten::nonzero) inside the sampler's decode loop during `fn()`; one nested in another (item calls
+    _local_scalar_dense) counts once."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    events = prof.events()
+    loops = [e.time_range for e in events if e.name == DECODE_RANGE]
+    syncs = sorted(
+        (e.time_range for e in events
+         if e.name in SYNC_EVENTS and any(r.start <= e.time_range.start and e.time_range.end <= r.end for r in loops)),
+        key=lambda r: (r.start, -r.end),
+    )
+    count, outer_end = 0, -1
+    for r in syncs:
+        if r.start > outer_end:  # not inside the last counted one
+            count, outer_end = count + 1, r.end
+    return count
+
+
 def main(argv: list[str] | None = None) -> None:
+    from torch._dynamo.utils import counters
+
     args = parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     model = build_model(args)
-    batch = {k: v.to(device) for k, v in build_batch(args).items()}
-    batch["pixel_values"] = batch["pixel_values"].to(getattr(torch, args.dtype))
-    params = SamplingParams(group_size=args.group_size, max_new_tokens=args.new_tokens, pad_token_id=PAD, seed=0)
+    dtype = getattr(torch, args.dtype)
+
+    def prompts(text_tokens: int | None = None) -> dict[str, torch.Tensor]:
+        batch = {k: v.to(device) for k, v in build_batch(args, text_tokens).items()}
+        batch["pixel_values"] = batch["pixel_values"].to(dtype)
+        return batch
+
+    batch = prompts()
     suppress = banned_token_ids(model.config)
+
+    def params(**kwargs) -> SamplingParams:
+        return SamplingParams(group_size=args.group_size, max_new_tokens=args.new_tokens, pad_token_id=PAD, seed=0,
+                              **kwargs)
+
+    defaults = params()
+    ours = "static" if defaults.decode == "static" and not (defaults.compile is True or device.type == "cuda") else (
+        "static_compiled" if defaults.decode == "static" else "dynamic")
 
     def run_generate():
         out = model.generate(
@@ -149,10 +205,16 @@ def main(argv: list[str] | None = None) -> None:
         )
         return out.shape[1] - batch["input_ids"].shape[1]
 
-    def run_ours(share_prefix: bool):
-        return generate_rollout(model, batch, params, share_prefix=share_prefix).completion_ids.shape[1]
+    def run_ours(p: SamplingParams, share_prefix: bool = True):
+        return generate_rollout(model, batch, p, share_prefix=share_prefix).completion_ids.shape[1]
 
-    variants = {"generate": run_generate, "ours": lambda: run_ours(True), "ours_no_share": lambda: run_ours(False)}
+    variants = {
+        "generate": run_generate,
+        "dynamic": lambda: run_ours(params(decode="dynamic")),
+        "static": lambda: run_ours(params(decode="static", compile=False)),
+        "static_compiled": lambda: run_ours(params(decode="static", compile=True)),
+        "ours_no_share": lambda: run_ours(defaults, share_prefix=False),
+    }
 
     text_cfg, vision_cfg = model.config.text_config, model.config.vision_config
     n_params = sum(p.numel() for p in model.parameters())
@@ -166,29 +228,62 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"workload: B={args.prompts} prompts x G={args.group_size} samples, prompt {prompt_len} tokens "
         f"({args.grid * args.grid // 4} image tokens from a {args.grid}x{args.grid}-patch image each), "
-        f"{args.new_tokens} new tokens per row (EOS disabled), temperature 1.0, threads {torch.get_num_threads()}"
+        f"{args.new_tokens} new tokens per row (EOS disabled), temperature 1.0, threads {torch.get_num_threads()}; "
+        f"ours = {ours} (SamplingParams defaults: decode={defaults.decode!r}, compile={defaults.compile!r})"
     )
+
+    def timed(fn) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        produced = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        assert produced == args.new_tokens, f"generated {produced} tokens, expected {args.new_tokens}"
+        return time.perf_counter() - start
 
     times: dict[str, list[float]] = {name: [] for name in variants}
     with torch.no_grad():
-        for name, fn in variants.items():  # warm-up, and check both produce the full length
-            produced = fn()
-            assert produced == args.new_tokens, f"{name} generated {produced} tokens, expected {args.new_tokens}"
+        warmup = {name: timed(fn) for name, fn in variants.items()}  # static_compiled's compiles
         for _ in range(args.repeats):
             for name, fn in variants.items():
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                fn()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                times[name].append(time.perf_counter() - start)
+                times[name].append(timed(fn))
+
+        # Warm: the compiled decode over a longer rollout, then a longer prompt (another prompt bucket).
+        counters.clear()
+        check = params(decode="static", compile=True)
+        check.max_new_tokens = args.check_tokens
+        generate_rollout(model, batch, check)
+        longer = prompts(args.text_tokens + 2 * 64)
+        generate_rollout(model, longer, check)
+        recompiles = counters["stats"]["unique_graphs"]
+        graph_breaks = sum(counters["graph_break"].values())
+
+        syncs = {
+            name: host_syncs_in_decode(lambda p=p: generate_rollout(model, batch, p)) / args.new_tokens
+            for name, p in (("dynamic", params(decode="dynamic")), ("static", params(decode="static", compile=False)),
+                            ("static_compiled", params(decode="static", compile=True)))
+        }
 
     medians = {name: statistics.median(t) for name, t in times.items()}
-    print(f"{'variant':<15}{'median s':>10}{'min s':>10}{'vs generate':>13}")
+    medians["ours"] = medians[ours]
+    times["ours"] = times[ours]
+    print(f"{'variant':<17}{'median s':>10}{'min s':>10}{'vs generate':>13}{'vs dynamic':>12}{'syncs/token':>13}")
     for name, t in times.items():
-        print(f"{name:<15}{medians[name]:>10.3f}{min(t):>10.3f}{medians[name] / medians['generate']:>13.3f}")
-    print(f"rollout_time_ratio={medians['ours'] / medians['generate']:.3f}")
+        sync = f"{syncs[name]:.3f}" if name in syncs else "-"
+        print(f"{name:<17}{medians[name]:>10.3f}{min(t):>10.3f}{medians[name] / medians['generate']:>13.3f}"
+              f"{medians[name] / medians['dynamic']:>12.3f}{sync:>13}")
+    compile_s = warmup["static_compiled"] - medians["static_compiled"]
+    print(f"checks: compiled decode of {args.check_tokens} tokens, then a {longer['input_ids'].shape[1]}-token prompt "
+          f"(was {prompt_len}); static decode syncs once per sync_every={defaults.sync_every} steps")
+    print(
+        f"rollout_time_ratio={medians['ours'] / medians['generate']:.3f} "
+        f"vs_eager={medians['static_compiled'] / medians['dynamic']:.3f} "
+        f"static_eager_vs_eager={medians['static'] / medians['dynamic']:.3f} "
+        f"recompiles={recompiles} graph_breaks={graph_breaks} "
+        f"host_syncs_per_step={syncs['static_compiled' if ours == 'static_compiled' else 'static']:.3f} "
+        f"compile_s={compile_s:.1f}"
+    )
 
 
 if __name__ == "__main__":
