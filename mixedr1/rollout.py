@@ -94,9 +94,9 @@ FSDP2: `generate_rollout` runs the model inside `distributed.gathered_for_genera
 all-gathers every unit once and turns reshard-after-forward off until the end, so no collective
 runs inside the decode loop and a rank whose rows finish early leaves the loop without waiting.
 A model the caller already gathered (no DTensor parameters left) is used as it is and left gathered.
-(Gathered parameters may sit at new addresses each rollout; CUDA graphs then re-record once per
-rollout, which torch allows `cudagraph_unexpected_rerecord_limit` = 128 times per function. Not
-measured here: this repository's tests run on CPU.)
+A sharded model does not compile: FSDP2's forward hooks (installed while gathered too) stop
+`fullgraph` tracing, so under `compile="auto"` it takes the eager static step (a warning, once per
+model) and `compile=True` raises.
 
 Everything runs under `torch.no_grad()` (not `inference_mode`: the returned tensors may later meet
 autograd in the trainer) and in eval mode (restored after), on the model's device; the model
@@ -490,43 +490,41 @@ def _decode_dynamic(model, prefill: _Prefill, params: SamplingParams, generator,
     ended_by_eos = torch.zeros(rows, dtype=torch.bool, device=device)  # [B*G]
     active = torch.arange(rows, device=device)  # [A] rows still running; the cache holds exactly these
     steps = 0
-    decode_range = torch.profiler.record_function(DECODE_RANGE)
-    decode_range.__enter__()
-    for step in range(max_new):
-        # One uniform per row of the whole rollout, so a row's draw does not depend on the others.
-        uniforms = torch.rand(rows, generator=generator, device=generator.device).to(device)[active]  # [A]
-        tokens, logprobs = sample_next_tokens(logits, uniforms, params, banned)  # [A], [A]
-        completion_ids[active, step] = tokens
-        completion_mask[active, step] = 1
-        sampling_logprobs[active, step] = logprobs
-        steps = step + 1
-        finished = torch.isin(tokens, eos) if eos.numel() else torch.zeros_like(tokens, dtype=torch.bool)  # [A]
-        ended_by_eos[active[finished]] = True
-        if step == max_new - 1:
-            break
-        if bool(finished.any()):
-            keep = (~finished).nonzero().squeeze(1)  # [A']
-            if keep.numel() == 0:
+    with torch.profiler.record_function(DECODE_RANGE):
+        for step in range(max_new):
+            # One uniform per row of the whole rollout, so a row's draw does not depend on the others.
+            uniforms = torch.rand(rows, generator=generator, device=generator.device).to(device)[active]  # [A]
+            tokens, logprobs = sample_next_tokens(logits, uniforms, params, banned)  # [A], [A]
+            completion_ids[active, step] = tokens
+            completion_mask[active, step] = 1
+            sampling_logprobs[active, step] = logprobs
+            steps = step + 1
+            finished = torch.isin(tokens, eos) if eos.numel() else torch.zeros_like(tokens, dtype=torch.bool)  # [A]
+            ended_by_eos[active[finished]] = True
+            if step == max_new - 1:
                 break
-            active, tokens = active[keep], tokens[keep]
-            cache.batch_select_indices(keep)
-            mask, next_position = mask[keep], next_position[keep]
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # [A, P + step + 1]
-        if mrope:
-            positions = next_position.view(1, -1, 1).expand(3, -1, 1)  # [3, A, 1]: text token, all components equal
-        else:
-            positions = next_position.view(-1, 1)  # [A, 1]
-        out = model(
-            input_ids=tokens.unsqueeze(1),  # [A, 1]
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-        )
-        logits = out.logits[:, -1]  # [A, V]
-        cache = out.past_key_values
-        next_position = next_position + 1
-    decode_range.__exit__(None, None, None)
+            if bool(finished.any()):
+                keep = (~finished).nonzero().squeeze(1)  # [A']
+                if keep.numel() == 0:
+                    break
+                active, tokens = active[keep], tokens[keep]
+                cache.batch_select_indices(keep)
+                mask, next_position = mask[keep], next_position[keep]
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # [A, P + step + 1]
+            if mrope:
+                positions = next_position.view(1, -1, 1).expand(3, -1, 1)  # [3, A, 1]: text token, components equal
+            else:
+                positions = next_position.view(-1, 1)  # [A, 1]
+            out = model(
+                input_ids=tokens.unsqueeze(1),  # [A, 1]
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            logits = out.logits[:, -1]  # [A, V]
+            cache = out.past_key_values
+            next_position = next_position + 1
     del cache
     return (completion_ids[:, :steps].contiguous(), completion_mask[:, :steps].contiguous(),
             sampling_logprobs[:, :steps].contiguous(), ended_by_eos)
@@ -778,6 +776,7 @@ def _decode_static(model, prefill: _Prefill, params: SamplingParams, generator, 
                 # compile="auto": a model the compiler cannot take decodes eagerly (before any of the step ran).
                 warnings.warn(f"rollout: torch.compile of the decode step failed, decoding eagerly: {e}", stacklevel=2)
                 _COMPILE_FAILED.add(model)
+                _WORKSPACES.pop(model, None)  # an eager decode allocates per call: nothing held after this one
                 step_fn = _static_decode_step
                 step_fn(model, state, params, banned, eos, mrope)
 
