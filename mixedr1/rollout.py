@@ -95,8 +95,8 @@ all-gathers every unit once and turns reshard-after-forward off until the end, s
 runs inside the decode loop and a rank whose rows finish early leaves the loop without waiting.
 A model the caller already gathered (no DTensor parameters left) is used as it is and left gathered.
 A sharded model does not compile: FSDP2's forward hooks (installed while gathered too) stop
-`fullgraph` tracing, so under `compile="auto"` it takes the eager static step (a warning, once per
-model) and `compile=True` raises.
+`fullgraph` tracing, so `compile="auto"` leaves it to the eager static step and `compile=True`
+raises.
 
 Everything runs under `torch.no_grad()` (not `inference_mode`: the returned tensors may later meet
 autograd in the trainer) and in eval mode (restored after), on the model's device; the model
@@ -117,7 +117,7 @@ from transformers import AttentionInterface
 from transformers.cache_utils import Cache, DynamicLayer, StaticLayer
 
 from mixedr1.data.batch import PromptBatch, pixels_for_prompts, select_image_rows
-from mixedr1.distributed import gathered_for_generation
+from mixedr1.distributed import fsdp_units, gathered_for_generation
 from mixedr1.families import UnknownFamily, family_of
 from mixedr1.positions import mrope_position_ids
 
@@ -562,8 +562,11 @@ _COMPILED_STEPS: dict[str, Callable] = {}  # torch.compile of `_static_decode_st
 _COMPILE_FAILED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # compile="auto" models that decode eagerly
 
 
-def _compile_enabled(params: SamplingParams, device: torch.device) -> bool:
-    return device.type == "cuda" if params.compile == "auto" else bool(params.compile)
+def _compile_enabled(params: SamplingParams, device: torch.device, model: nn.Module) -> bool:
+    """compile="auto": on CUDA, for a model that is not FSDP2-sharded (its hooks stop fullgraph tracing)."""
+    if params.compile == "auto":
+        return device.type == "cuda" and not fsdp_units(model)
+    return bool(params.compile)
 
 
 def _fits(state: _StaticDecode, layers, rows: int, prompt_columns: int, max_new: int) -> bool:
@@ -741,7 +744,7 @@ def _decode_static(model, prefill: _Prefill, params: SamplingParams, generator, 
                       stacklevel=3)
         return _decode_dynamic(model, prefill, params, generator, banned, eos, mrope)
     device = prefill.logits.device
-    compiled = _compile_enabled(params, device) and model not in _COMPILE_FAILED
+    compiled = _compile_enabled(params, device, model) and model not in _COMPILE_FAILED
     state = _static_state(model, prefill, params, held=compiled)
     rows, group = prefill.logits.shape[0] * prefill.repeats, prefill.repeats
     spare = state.finished.shape[0] - rows

@@ -152,8 +152,9 @@ def test_rollout_config_reaches_the_sampling_params():
 
 
 def test_compile_auto_decodes_eagerly_when_the_compiler_rejects_the_model(families, tmp_path, monkeypatch):
-    """An FSDP2-sharded model (its hooks stop fullgraph tracing): compile="auto" warns once and decodes eagerly,
-    drawing what the dynamic decode draws; compile=True raises."""
+    """An FSDP2-sharded model (its hooks stop fullgraph tracing): compile=True raises; "auto" does not try it, and
+    where it tries a model the compiler rejects, warns once and decodes eagerly, drawing what the dynamic
+    decode draws."""
     import copy
 
     import torch.distributed as dist
@@ -165,15 +166,19 @@ def test_compile_auto_decodes_eagerly_when_the_compiler_rejects_the_model(famili
     batch = make_batch(processor, prompts)
     params = dict(group_size=2, max_new_tokens=6, pad_token_id=0, seed=4)
     dynamic = generate_rollout(model, batch, SamplingParams(**params, decode="dynamic"))
-    monkeypatch.setattr(rollout, "_compile_enabled", lambda params, device: params.compile is not False)  # auto on CPU
+    auto = SamplingParams(**params, compile="auto")
     dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
     try:
         sharded = shard_model(copy.deepcopy(model))
+        assert rollout._compile_enabled(auto, torch.device("cuda"), model)
+        assert not rollout._compile_enabled(auto, torch.device("cuda"), sharded)
+        # The fallback itself, for any rejection: "auto" made to try (also on CPU, also this model).
+        monkeypatch.setattr(rollout, "_compile_enabled", lambda params, device, model: params.compile is not False)
         with pytest.raises(torch._dynamo.exc.Unsupported):
             generate_rollout(sharded, batch, SamplingParams(**params, compile=True))
         with pytest.warns(UserWarning, match="torch.compile of the decode step failed, decoding eagerly"):
-            first = generate_rollout(sharded, batch, SamplingParams(**params, compile="auto"))
-        second = generate_rollout(sharded, batch, SamplingParams(**params, compile="auto"))  # eager from the start
+            first = generate_rollout(sharded, batch, auto)
+        second = generate_rollout(sharded, batch, auto)  # eager from the start
     finally:
         dist.destroy_process_group()
     assert_same_rollout(first, dynamic)
