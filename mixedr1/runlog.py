@@ -218,7 +218,9 @@ class RunDirError(InputError):
 def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool, is_main: bool) -> tuple[Path | None, list[str]]:
     """Refuse to mix two runs in one directory: an existing run is resumed (`train.resume`), deleted
     (`train.overwrite`), or an error. Returns the checkpoint to resume from and the newer ones passed over."""
-    earlier = [name for name in ("config.yaml", "metrics.jsonl", "checkpoints") if (run_dir / name).exists()]
+    # Rank 0 looks and tells the others: a rank that looked later could see the files rank 0 has just begun.
+    earlier = distributed.broadcast_object(
+        [name for name in ("config.yaml", "metrics.jsonl", "checkpoints") if (run_dir / name).exists()] if is_main else None)
     if earlier and not resume:
         if not overwrite:
             raise RunDirError(f"{run_dir} already holds a run ({', '.join(earlier)}): continue it with train.resume=true, "
