@@ -334,7 +334,8 @@ def setup(cfg: Config, dist: distributed.DistInfo, log: RunLog, resume_from: Pat
         reference = PolicyModel(load_reference(cfg, ref_path, dist.device))
     policy, reference = distributed.shard_for_training(
         policy, reference, dist.device, fsdp=cfg.distributed.fsdp,
-        reshard_after_forward=cfg.distributed.reshard_after_forward, ref_cpu_offload=cfg.model.ref_cpu_offload)
+        reshard_after_forward=cfg.distributed.reshard_after_forward, ref_cpu_offload=cfg.model.ref_cpu_offload,
+        mesh_shape=cfg.distributed.mesh)
     optimizer, scheduler = build_optimizer(policy, cfg)
     return Run(cfg, dist, log, policy, reference, optimizer, scheduler, processor,
                make_reward_context(cfg, processor, dist.device))

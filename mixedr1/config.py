@@ -169,6 +169,16 @@ class DistributedConfig:
     fsdp: bool = True  # shard with FSDP2 (fully_shard) when world size > 1
     reshard_after_forward: bool = True  # FSDP2: free gathered parameters after each forward
     sync_every_micro_batch: bool = True  # FSDP2: reduce-scatter gradients after every micro-batch; false: once per optimizer step (fewer collectives, but each rank holds a full unsharded gradient meanwhile)
+    # FSDP2's device mesh: [] shards every parameter over all ranks; [replicate, shard] (product = the
+    # number of ranks) is hybrid sharding: parameters sharded over `shard` consecutive ranks (one node:
+    # shard = GPUs per node) and replicated over `replicate` such groups (the nodes), so the per-layer
+    # all-gathers and reduce-scatters stay inside a node and only one gradient all-reduce crosses nodes.
+    mesh: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        if len(self.mesh) not in (0, 2) or any(n < 1 for n in self.mesh):
+            raise ConfigError(f"distributed.mesh: expected [] or [replicate, shard] (two positive integers whose "
+                              f"product is the number of ranks), got {self.mesh!r}", "distributed.mesh")
 
 
 @dataclass

@@ -3,7 +3,9 @@
 The same entry point runs under `python` (world size 1, no process group) and `torchrun` (NCCL on
 CUDA, gloo on CPU). Model, loss and reward code never call `torch.distributed`; they get tensors.
 
-FSDP2 (`fully_shard`) shards each decoder layer and each vision block as its own unit, then the root.
+FSDP2 (`fully_shard`) shards each decoder layer and each vision block as its own unit, then the root,
+over every rank or, with `distributed.mesh: [replicate, shard]`, hybrid: sharded within groups of
+`shard` consecutive ranks (a node) and replicated across the groups (`device_mesh`).
 Generation needs the whole model gathered: `gathered_for_generation` unshards every unit once and
 keeps it unsharded through the decode loop, so no collective runs inside it and a rank whose
 sequences finish early never waits on another.
@@ -144,22 +146,38 @@ def shardable_blocks(model: nn.Module) -> list[nn.Module]:
     return blocks
 
 
+def device_mesh(shape: list[int], device: torch.device):
+    """FSDP2's mesh: None (its default, a 1-D mesh of every rank) for `[]`; for `[replicate, shard]`
+    a 2-D mesh whose rows are `shard` consecutive ranks (torchrun numbers a node's ranks
+    consecutively), on which `fully_shard` shards along a row and replicates down a column (HSDP)."""
+    world_size = dist.get_world_size() if _active() else 1
+    if shape and shape[0] * shape[1] != world_size:
+        raise SystemExit(f"config error: distributed.mesh={list(shape)} needs {shape[0] * shape[1]} ranks, "
+                         f"this run has {world_size}")
+    if not shape or world_size == 1:
+        return None
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device.type, tuple(shape), mesh_dim_names=("replicate", "shard"))
+
+
 def shard_model(
     model: nn.Module,
     *,
     param_dtype: torch.dtype | None = None,
     reshard_after_forward: bool = True,
     cpu_offload: bool = False,
+    mesh=None,
 ) -> nn.Module:
     """Apply FSDP2: `fully_shard` on every decoder layer and vision block, then on the root.
 
     `param_dtype` (bf16 on GPU) is FSDP2's mixed-precision policy: parameters are all-gathered and
     computed in bf16 while the sharded master copy and the optimizer state stay in fp32; gradients
-    are reduced in fp32.
+    are reduced in fp32. `mesh`: from `device_mesh` (None: shard over every rank).
     """
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
-    kwargs: dict[str, Any] = {"reshard_after_forward": reshard_after_forward}
+    kwargs: dict[str, Any] = {"reshard_after_forward": reshard_after_forward, "mesh": mesh}
     if param_dtype is not None:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     if cpu_offload:
@@ -216,18 +234,21 @@ def gathered_for_generation(model: nn.Module, reshard_after_forward: bool = True
 
 
 def shard_for_training(policy: nn.Module, reference: nn.Module | None, device: torch.device, *, fsdp: bool,
-                       reshard_after_forward: bool, ref_cpu_offload: bool):
-    """FSDP2 over the ranks (bf16 compute on GPU) for the policy and the frozen reference; a world of
-    one runs the plain modules."""
+                       reshard_after_forward: bool, ref_cpu_offload: bool, mesh_shape: list[int] = ()):
+    """FSDP2 over the ranks (bf16 compute on GPU) for the policy and the frozen reference, on the
+    mesh `mesh_shape` (`distributed.mesh`); a world of one runs the plain modules."""
     world_size = dist.get_world_size() if _active() else 1
+    mesh = device_mesh(list(mesh_shape), device)
     if world_size == 1 or not fsdp:
         if world_size > 1:
             raise SystemExit("config error: distributed.fsdp=false is only supported in a world of one")
         return policy, reference
     param_dtype = torch.bfloat16 if device.type == "cuda" else None
-    policy = shard_model(policy, param_dtype=param_dtype, reshard_after_forward=reshard_after_forward)
+    print0(f"FSDP2 over {world_size} ranks: " + (f"hybrid, sharded within {mesh_shape[1]} ranks and replicated "
+                                                  f"{mesh_shape[0]} times" if mesh is not None else "every parameter sharded over all"))
+    policy = shard_model(policy, param_dtype=param_dtype, reshard_after_forward=reshard_after_forward, mesh=mesh)
     if reference is not None:
-        reference = shard_model(reference, param_dtype=param_dtype, cpu_offload=ref_cpu_offload)
+        reference = shard_model(reference, param_dtype=param_dtype, cpu_offload=ref_cpu_offload, mesh=mesh)
     return policy, reference
 
 
