@@ -5,6 +5,7 @@
         [--judge-dir models] [--data data/mixed45k] [--train-file mixed45k.jsonl] [--bench-root benchmarks] \\
         [--rows yorn,mcq] [--set key=value ...] [--eval-args "--batch-size 16"]
     python experiments/launch.py all --dry-run             # every experiment
+    python experiments/launch.py table1 --nnodes 2 --node-rank R --rdzv-endpoint HOST:29500 [...]  # on each node R
 
 Experiments (docs/method.md §6): `table1` main results (3B / 7B: base model direct and thinking, + SFT
 baseline, + Mixed-R1), `table2` rewards added one by one, `table3` data scale and InternVL2.5-4B,
@@ -28,6 +29,12 @@ Results layout (fixed; `experiments/report.py` and the notebooks read it):
                        samples.jsonl, train.log, checkpoints/step-N/   (train rows only)
         eval.json      eval.py's report; eval.md its table; eval.predictions.rank*.jsonl its cache
         launch.json    the commands run for this row, when, and their wall-clock seconds
+
+More than one node: run the launcher on every node with the same arguments but `--node-rank`
+(`--dry-run` prints each node's command). Every step then runs as `torchrun --nnodes N --node_rank R
+--master_addr HOST --master_port PORT` on all nodes together (torchrun's static rendezvous: node R's
+ranks are R*nproc .. R*nproc+nproc-1, which `distributed.mesh: [N, nproc]` shards within). The nodes
+must see the same paths (models, data, results: a shared filesystem); only node 0 writes launch.json.
 
 A finished step is skipped when the launcher is run again (training: the final checkpoint exists;
 evaluation: `eval.json` exists); delete a row's folder to run it again.
@@ -219,12 +226,21 @@ class Settings:
     data_root: str = "data/mixed45k"  # data.data_root: the folder the training JSONL's image paths are relative to
     train_file: str = "mixed45k.jsonl"  # data.train_file, relative to data_root (build_mixed45k.py's layout)
     bench_root: str = "benchmarks"  # eval.py --data-root: one sub-folder per benchmark
-    launcher: Optional[tuple[str, ...]] = None  # None: torchrun --standalone --nproc_per_node N
+    launcher: Optional[tuple[str, ...]] = None  # None: torchrun --standalone --nproc_per_node N (or across nodes)
+    nnodes: int = 1  # machines each run spans; above 1, torchrun's static rendezvous at rdzv_endpoint
+    node_rank: int = 0  # this machine's place among them (0 hosts the rendezvous)
+    rdzv_endpoint: str = ""  # HOST:PORT of node 0, reachable from every node (nnodes > 1)
     train_overrides: tuple[str, ...] = ()  # appended last to every training command (site or toy sizes)
     eval_args: tuple[str, ...] = ()  # appended to every eval command
 
     def prefix(self) -> tuple[str, ...]:
-        return self.launcher or ("torchrun", "--standalone", "--nproc_per_node", str(self.nproc))
+        if self.launcher:
+            return self.launcher
+        if self.nnodes == 1:
+            return ("torchrun", "--standalone", "--nproc_per_node", str(self.nproc))
+        host, _, port = self.rdzv_endpoint.rpartition(":")
+        return ("torchrun", "--nnodes", str(self.nnodes), "--node_rank", str(self.node_rank), "--nproc_per_node",
+                str(self.nproc), "--master_addr", host, "--master_port", port)
 
 
 @dataclass(frozen=True)
@@ -354,8 +370,10 @@ def execute(steps: Sequence[Step], settings: Settings, in_process: bool = False,
         log(f"# {step.kind} {step.key}\n{step.command}")
         seconds[f"{step.kind} {step.key}"] = elapsed = run_step(step, in_process)
         if not step.done_when.exists():
-            raise RuntimeError(f"{step.kind} {step.key} finished but {step.done_when} is missing")
-        record(settings, step, elapsed)
+            raise RuntimeError(f"{step.kind} {step.key} finished but {step.done_when} is missing"
+                               + (" on this node (do all nodes share the results folder?)" if settings.nnodes > 1 else ""))
+        if settings.node_rank == 0:
+            record(settings, step, elapsed)
     return seconds
 
 
@@ -371,6 +389,24 @@ def describe(experiment: Experiment, settings: Settings, steps: Sequence[Step]) 
     return "\n".join(lines)
 
 
+def per_node_commands(argv: Sequence[str], nnodes: int) -> str:
+    """What to run on each node: this launcher's command line, `--dry-run` dropped, `--node-rank k`."""
+    args, skip = [], False
+    for arg in argv:
+        if skip or arg == "--dry-run" or arg.startswith("--node-rank="):
+            skip = False
+            continue
+        if arg == "--node-rank":
+            skip = True
+            continue
+        args.append(arg)
+    lines = [f"# {nnodes} nodes: run the launcher on every node, each with its --node-rank (each step's torchrun "
+             f"waits for all nodes); the commands below are this node's"]
+    for rank in range(nnodes):
+        lines.append(f"# node {rank}: " + shlex.join(["python", "experiments/launch.py", *args, "--node-rank", str(rank)]))
+    return "\n".join(lines)
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="experiments/launch.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -378,7 +414,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--rows", default=None, help="comma-separated row names (default: all rows of the experiment)")
     parser.add_argument("--results", default="results", help="results folder (layout: module docstring)")
-    parser.add_argument("--nproc", type=int, default=8, help="torchrun --nproc_per_node")
+    parser.add_argument("--nproc", type=int, default=8, help="torchrun --nproc_per_node (processes per node)")
+    parser.add_argument("--nnodes", type=int, default=1, help="nodes every run spans (run this launcher on each)")
+    parser.add_argument("--node-rank", type=int, default=0, help="this node's rank, 0 .. nnodes-1 (node 0 hosts the rendezvous)")
+    parser.add_argument("--rdzv-endpoint", default="", metavar="HOST:PORT",
+                        help="node 0's address and a free port, reachable from every node (needed with --nnodes > 1)")
     parser.add_argument("--model-dir", default="models", help=f"holds {', '.join(MODEL_DIRS.values())}")
     parser.add_argument("--judge-dir", default=None, help=f"holds {', '.join(JUDGE_DIRS.values())} (default: --model-dir)")
     parser.add_argument("--data", default="data/mixed45k",
@@ -397,8 +437,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         return path if Path.cwd().resolve() == REPO or Path(path).is_absolute() else str(Path(path).resolve())
 
     model_dir, judge_dir = where(args.model_dir), where(args.judge_dir or args.model_dir)
+    if args.nnodes < 1 or not 0 <= args.node_rank < args.nnodes:
+        raise SystemExit(f"--node-rank {args.node_rank}: expected 0 .. {args.nnodes - 1} (--nnodes {args.nnodes})")
+    host, _, port = args.rdzv_endpoint.rpartition(":")
+    if args.nnodes > 1 and not (host and port.isdigit()):
+        raise SystemExit(f"--rdzv-endpoint {args.rdzv_endpoint!r}: expected HOST:PORT of node 0 with --nnodes {args.nnodes}")
     return Settings(
         results=Path(where(args.results)), nproc=args.nproc,
+        nnodes=args.nnodes, node_rank=args.node_rank, rdzv_endpoint=args.rdzv_endpoint,
         model_paths={k: f"{model_dir}/{v}" for k, v in MODEL_DIRS.items()},
         judge_paths={k: f"{judge_dir}/{v}" for k, v in JUDGE_DIRS.items()},
         data_root=where(args.data), train_file=args.train_file, bench_root=where(args.bench_root),
@@ -414,6 +460,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if rows and len(names) > 1:
         raise SystemExit("--rows needs one experiment")
     os.chdir(REPO)
+    if args.dry_run and settings.nnodes > 1:
+        print(per_node_commands(list(sys.argv[1:] if argv is None else argv), settings.nnodes) + "\n")
     for name in names:
         experiment = EXPERIMENTS[name]
         steps = plan(experiment, settings, rows, strict=not args.dry_run)
