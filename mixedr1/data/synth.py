@@ -18,8 +18,9 @@ disjoint grid cells, so nothing overlaps:
   white background."
 
 `visual_facts` (the quick start, configs/demo.yaml): one fact per item that a 200K-parameter model
-with a random vision tower can learn to read from the pixels, on 56 x 56 images (the tiny
-Qwen2.5-VL's smallest frame: 2 x 2 merged image tokens, one per 28 px quadrant):
+with a random vision tower can learn to read from the pixels, on 112 x 112 images (the tiny
+Qwen2.5-VL's largest frame: 4 x 4 merged image tokens, 2 x 2 of them per 56 px quadrant; on 56 px
+images, 4 tokens, GRPO did not learn within the demo's budget, experiments/LOG.md):
 
 - yorn: "Is the shape red?" (one big shape; red, or green / blue / yellow)
 - mcq: "What colour is the shape?" with the options red, green, blue, yellow (always A-D in that order)
@@ -201,11 +202,12 @@ def _open_ended(rng: random.Random) -> dict:
 MAKERS = {"yorn": _yorn, "mcq": _mcq, "chart": _chart, "grounding": _grounding, "open_ended": _open_ended}
 
 
-# ---- visual_facts: one fact per item, readable from 56 x 56 pixels --------------------------------
-FACT_SIZE = 56  # image side: 2 x 2 merged tokens of the tiny Qwen2.5-VL, one per 28 px quadrant
+# ---- visual_facts: one fact per item, readable from 112 x 112 pixels --------------------------------
+FACT_SIZE = 112  # image side: 4 x 4 merged tokens of the tiny Qwen2.5-VL (28 px each), 2 x 2 per quadrant
+QUARTER = FACT_SIZE // 2  # quadrant side
 FACT_COLORS = ("red", "green", "blue", "yellow")
-QUADRANTS = ((0, 0), (28, 0), (0, 28), (28, 28))  # (x, y) of the top-left, top-right, bottom-left, bottom-right quadrant
-GROUNDING_MARGIN = 3  # the grounding square fills its quadrant but this many pixels at each side
+QUADRANTS = ((0, 0), (QUARTER, 0), (0, QUARTER), (QUARTER, QUARTER))  # (x, y) of the top-left, top-right, bottom-left, bottom-right quadrant
+GROUNDING_MARGIN = 6  # the grounding square fills its quadrant but this many pixels at each side
 
 
 def _draw_objects(objects: list[tuple[str, str, tuple[int, int, int, int]]]) -> tuple[Image.Image, list[dict]]:
@@ -222,8 +224,8 @@ def _draw_objects(objects: list[tuple[str, str, tuple[int, int, int, int]]]) -> 
 
 
 def _big_shape(rng: random.Random, color: str) -> tuple[Image.Image, dict]:
-    """One shape of 36-52 px in `color` at a random place on a white FACT_SIZE image."""
-    shape, side = rng.choice(SHAPES), rng.randint(36, 52)
+    """One shape of 72-104 px in `color` at a random place on a white FACT_SIZE image."""
+    shape, side = rng.choice(SHAPES), rng.randint(72, 104)
     x0, y0 = rng.randint(0, FACT_SIZE - side), rng.randint(0, FACT_SIZE - side)
     image, drawn = _draw_objects([(color, shape, (x0, y0, x0 + side - 1, y0 + side - 1))])
     return image, drawn[0]
@@ -245,8 +247,8 @@ def _fact_chart(rng: random.Random, index: int) -> dict:
     count, color = 1 + index % 4, rng.choice(FACT_COLORS)
     objects = []
     for x, y in rng.sample(QUADRANTS, count):
-        side = rng.randint(16, 24)
-        x0, y0 = x + rng.randint(1, 27 - side), y + rng.randint(1, 27 - side)  # >= 1 px gap to the next quadrant
+        side = rng.randint(32, 48)
+        x0, y0 = x + rng.randint(1, QUARTER - 1 - side), y + rng.randint(1, QUARTER - 1 - side)  # >= 1 px gap to the next quadrant
         objects.append((color, "square", (x0, y0, x0 + side - 1, y0 + side - 1)))
     image, drawn = _draw_objects(objects)
     return dict(question="How many squares are there?", answer=str(count), image=image, meta={"objects": drawn, "count": count})
@@ -254,7 +256,7 @@ def _fact_chart(rng: random.Random, index: int) -> dict:
 
 def _fact_grounding(rng: random.Random, index: int) -> dict:
     (x, y), m = QUADRANTS[index % 4], GROUNDING_MARGIN
-    image, drawn = _draw_objects([(rng.choice(FACT_COLORS), "square", (x + m, y + m, x + 27 - m, y + 27 - m))])
+    image, drawn = _draw_objects([(rng.choice(FACT_COLORS), "square", (x + m, y + m, x + QUARTER - 1 - m, y + QUARTER - 1 - m))])
     return dict(question="Find the square.", answer=drawn[0]["box"], image=image, meta={"objects": drawn, "quadrant": index % 4})
 
 
@@ -325,7 +327,7 @@ def _main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=0,
                         help="SFT warm-up items per problem type (warmup.jsonl; their answers carry no information)")
     parser.add_argument("--task", choices=list(TASKS), default="scenes",
-                        help="scenes: several small shapes and bar charts; visual_facts: one fact per 56 px image (the quick start)")
+                        help="scenes: several small shapes and bar charts; visual_facts: one fact per 112 px image (the quick start)")
     args = parser.parse_args(argv)
     paths = write_synthetic_dataset(args.out, args.n, args.seed, args.heldout, args.task, args.warmup)
     print(f"wrote {args.n} x {len(PROBLEM_TYPES)} training items to {paths.train}, "
