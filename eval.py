@@ -5,6 +5,7 @@
         [--limit N] [--output FILE] [--batch-size B] [--max-new-tokens N] \\
         [--extractor rule|llm --extractor-model DIR]
     torchrun --nproc-per-node 8 eval.py ...   # items split across ranks by index, gathered to rank 0
+    torchrun --nnodes N --node-rank R --nproc-per-node 8 --master-addr HOST --master-port PORT eval.py ...  # node R
 
 Benchmarks are read from the Hugging Face parquet files downloaded under `--data-root`, one folder
 per benchmark (the table is `mixedr1.evaluation.benchmarks`'s docstring and `--help`).

@@ -4,6 +4,8 @@
         [--preset mixed45k [20k 90k]] [--scale 1] [--seed 0] [--no-repeat] \\
         [--samples 8] [--temperature 1.0] [--batch-size 8] [--max-new-tokens 1024] [--tol 1e-6] [--set KEY=VALUE ...]
     torchrun --nproc_per_node 8 experiments/build_mixed45k.py ...    # stage 2 sharded over the ranks
+    torchrun --nnodes N --node_rank R --nproc_per_node 8 --master_addr HOST --master_port PORT \\
+        experiments/build_mixed45k.py ...                           # on each node R; OUT shared by the nodes
 
 Three stages, each run per source and skipped when its output is complete for the same inputs:
 
@@ -247,7 +249,7 @@ def wait_for(ready: Callable[[], bool], what: str) -> None:
     last_note = time.monotonic()
     while not ready():
         if time.monotonic() - last_note > 60:
-            print(f"build: waiting for rank 0: {what}", flush=True)
+            print(f"build: waiting for rank 0: {what} (across nodes, --out must be shared by them)", flush=True)
             last_note = time.monotonic()
         time.sleep(POLL_S)
 

@@ -48,7 +48,8 @@ items are written). Changing --batch-size changes the samples; it is part of the
 
 Ranks run no collective after start-up: rank 0 polls the results files until every item is in,
 then writes OUT.jsonl and the report, so ranks may finish hours apart without meeting the process
-group's timeout.
+group's timeout. Across nodes (`torchrun --nnodes N`) OUT's folder must be one every node mounts:
+rank 0 reads every rank's results file.
 
 Input records must all be valid (the loader's errors name file, line and field): the paper's filter
 assumes data already in the training format.
@@ -418,7 +419,8 @@ def wait_for_all(args, items: list[Item], settings_sha: str, poll_s: float) -> d
         if missing == 0:
             return results
         if time.monotonic() - last_note > 60:
-            print(f"filter: waiting for {missing} items from the other ranks", flush=True)
+            print(f"filter: waiting for {missing} items from the other ranks (read from their results files: "
+                  f"across nodes, {args.out.parent} must be shared by them)", flush=True)
             last_note = time.monotonic()
         time.sleep(poll_s)
 

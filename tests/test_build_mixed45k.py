@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +18,7 @@ from mixedr1.config import InputError
 from mixedr1.data import compose
 from mixedr1.data import convert as conv
 from test_convert import cell, conversation, picture, write_parquet
+from nodes import run_two_nodes
 
 REPO = Path(__file__).resolve().parents[1]
 K = 3
@@ -236,14 +234,9 @@ def test_sources_yaml_errors_name_file_entry_and_field(raw, tmp_path):
         assert str(error.value).startswith(str(path))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_two_ranks_build_what_one_process_builds(built, raw, tiny_qwen_dir, tmp_path):
+def test_two_nodes_build_what_one_process_builds(built, raw, tiny_qwen_dir, tmp_path):
+    """Two ranks as two torchrun "nodes" of one rank each (tests/nodes.py): the same files."""
     one, _ = built
     launcher = tmp_path / "launch_build.py"
     launcher.write_text(
@@ -256,11 +249,8 @@ def test_two_ranks_build_what_one_process_builds(built, raw, tiny_qwen_dir, tmp_
         "build_mixed45k.main(sys.argv[1:])\n"
     )
     out = tmp_path / "mixed"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-               str(launcher), *argv(raw, tiny_qwen_dir, out)]
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO))
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_two_nodes([str(launcher), *argv(raw, tiny_qwen_dir, out)], cwd=REPO, env=env, timeout=300)
     for name in ("mapqa", "geoqa", "chartqa"):
         kept = build.kept_file(out, name)
         assert [p.name for p in build.rank_files(kept, "results")] == [f"{name}.kept.results.rank0.jsonl", f"{name}.kept.results.rank1.jsonl"]

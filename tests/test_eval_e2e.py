@@ -173,24 +173,22 @@ def test_loaders_read_the_real_schema(data_root):
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_match_one_process(ckpt, data_root, tmp_path):
+def test_torchrun_two_nodes_match_one_process(ckpt, data_root, tmp_path):
     """Items are split across ranks by index and gathered to rank 0: the results equal a single
-    process's (batch size 1, so every item is computed alone in both runs)."""
+    process's (batch size 1, so every item is computed alone in both runs). The two ranks are two
+    torchrun "nodes" of one rank each (tests/nodes.py), as `torchrun --nnodes 2` runs them."""
     import os
-    import subprocess
+
+    from nodes import run_two_nodes
 
     names = "mmbench,ai2d"
     single = run(ckpt, data_root, tmp_path / "single.json", "--benchmarks", names, "--batch-size", "1")
     output = tmp_path / "ranks.json"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(REPO / "eval.py"),
-        "--ckpt", str(ckpt), "--data-root", str(data_root), "--output", str(output), "--benchmarks", names,
-        "--limit", "2", "--max-new-tokens", "16", "--batch-size", "1",
-    ]
     # CPU for both ranks (a one-GPU machine has no cuda:1); gloo is the backend there.
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="")
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_two_nodes([str(REPO / "eval.py"), "--ckpt", str(ckpt), "--data-root", str(data_root), "--output", str(output),
+                   "--benchmarks", names, "--limit", "2", "--max-new-tokens", "16", "--batch-size", "1"],
+                  cwd=REPO, env=env, timeout=600)
     report = json.loads(output.read_text())
     assert report["benchmarks"] == single["benchmarks"]
     caches = sorted(p.name for p in tmp_path.glob("ranks.predictions.rank*.jsonl"))

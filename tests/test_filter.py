@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from mixedr1 import data_engine as filter_cli
 from mixedr1.data.prompt import model_frame_box
 from mixedr1.data.synth import write_synthetic_dataset
 from mixedr1.models import load_processor
+from nodes import run_two_nodes
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_SAMPLER = filter_cli.sample_completions
@@ -210,14 +208,9 @@ def test_resume_after_a_kill_is_byte_identical(uninterrupted, tiny, data, tmp_pa
     assert filter_cli.report_file(out).read_bytes() == filter_cli.report_file(uninterrupted).read_bytes()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_two_ranks_keep_what_one_process_keeps(uninterrupted, tiny, data, tmp_path):
+def test_two_nodes_keep_what_one_process_keeps(uninterrupted, tiny, data, tmp_path):
+    """Two ranks as two torchrun "nodes" of one rank each (tests/nodes.py): the same kept items and report."""
     launcher = tmp_path / "launch_filter.py"
     launcher.write_text(
         "import sys\n"
@@ -228,12 +221,9 @@ def test_two_ranks_keep_what_one_process_keeps(uninterrupted, tiny, data, tmp_pa
         "data_engine.main(sys.argv[1:], poll_s=0.1)\n"
     )
     out = tmp_path / "kept.jsonl"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-               str(launcher), "--model", str(tiny), "--data", str(data), "--out", str(out), "--samples", str(K),
-               "--max-new-tokens", "6", "--batch-size", "2"]
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO))
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_two_nodes([str(launcher), "--model", str(tiny), "--data", str(data), "--out", str(out), "--samples", str(K),
+                   "--max-new-tokens", "6", "--batch-size", "2"], cwd=REPO, env=env, timeout=300)
     assert sorted(p.name for p in tmp_path.glob("kept.results.rank*.jsonl")) == ["kept.results.rank0.jsonl", "kept.results.rank1.jsonl"]
     assert len(filter_cli.results_file(out, 1).read_text().splitlines()) == 4  # batches 1 and 3 of 0..4
     assert out.read_bytes() == uninterrupted.read_bytes()
