@@ -79,7 +79,7 @@ class DataConfig:
     synth_items: int = bounded(0, ge=0)  # > 0: generate this many synthetic items per type into output_dir/data
     synth_heldout_items: int = bounded(8, ge=0)  # with synth_items: held-out items per type (heldout.jsonl)
     # With synth_items, which synthetic task (mixedr1.data.synth): scenes = several small shapes and bar
-    # charts (tests); visual_facts = one fact per 56 px image that the tiny model can learn (the quick start).
+    # charts (tests); visual_facts = one fact per 112 px image that the tiny model can learn (the quick start).
     synth_task: Literal["scenes", "visual_facts"] = "scenes"
     synth_warmup_items: int = bounded(0, ge=0)  # with synth_items: warm-up items per type (warmup.jsonl) whose answers carry no information about their images
     sft_warmup_file: Optional[str] = None  # the SFT warm-up's JSONL (relative to data_root or absolute); None = train_file. The demo's warmup.jsonl teaches the format only, so GRPO must learn the answers from the reward
