@@ -53,6 +53,7 @@ from torch.distributed.checkpoint.state_dict import (  # noqa: E402
 
 from mixedr1 import distributed  # noqa: E402
 from mixedr1.checkpoint import hf_weight_layout, load_train_state, save_checkpoint  # noqa: E402
+from mixedr1.resumable import file_sha256  # noqa: E402
 from mixedr1.models.tiny import build_tiny_model  # noqa: E402
 from mixedr1.policy import PolicyModel  # noqa: E402
 
@@ -117,14 +118,6 @@ def fingerprint(tensors: list[torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for tensor in tensors:
         digest.update(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().data)
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
     return digest.hexdigest()
 
 

@@ -84,7 +84,7 @@ import yaml  # noqa: E402
 from mixedr1 import data_engine, distributed  # noqa: E402
 from mixedr1.config import PROBLEM_TYPES, InputError, run_main  # noqa: E402
 from mixedr1.data import compose, convert as conv  # noqa: E402
-from mixedr1.resumable import rank_files, write_atomically  # noqa: E402
+from mixedr1.resumable import file_sha256, rank_files, write_atomically  # noqa: E402
 
 ENTRY_FIELDS = ("name", "source", "in", "limit", "files", "image_root", "id_prefix")
 NAME = re.compile(r"[A-Za-z0-9_-]+")
@@ -201,14 +201,6 @@ def read_json(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fingerprint(value) -> str:

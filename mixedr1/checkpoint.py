@@ -43,7 +43,6 @@ layout (the full optimizer state inside `train_state.pt`) still resume.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -66,6 +65,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from . import distributed
+from .resumable import file_sha256
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 MANIFEST = "manifest.json"
@@ -93,14 +93,6 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
 # Manifest: written and verified by all ranks together, each hashing its share of the files
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _rank_and_world() -> tuple[int, int]:
     if distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -113,7 +105,7 @@ def write_manifest(directory: Path) -> None:
     rank, world = _rank_and_world()
     files = distributed.broadcast_object(
         sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST))
-    mine = {name: {"size": (directory / name).stat().st_size, "sha256": _sha256(directory / name)}
+    mine = {name: {"size": (directory / name).stat().st_size, "sha256": file_sha256(directory / name)}
             for name in files[rank::world]}
     entries = {k: v for part in distributed.all_gather_objects(mine) for k, v in part.items()}
     if rank == 0:
@@ -127,7 +119,7 @@ def _check_entry(directory: Path, name: str, entry: dict) -> str | None:
         return f"{name} is missing"
     if path.stat().st_size != entry["size"]:
         return f"{name} has {path.stat().st_size} bytes, the manifest says {entry['size']} (truncated?)"
-    if _sha256(path) != entry["sha256"]:
+    if file_sha256(path) != entry["sha256"]:
         return f"{name} does not match its checksum (changed or corrupted)"
     return None
 

@@ -11,6 +11,7 @@ only by the job itself). Final outputs are written to a `.tmp` file and renamed.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -63,3 +64,12 @@ def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in 16 MiB blocks (checkpoint manifests, build fingerprints)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -11,7 +11,6 @@ chunks, and so the samples, follow the number of prompts per rank).
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from safetensors.torch import load_file
 
 import train
 from experiments import launch
+from nodes import free_port
 from test_train import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,12 +36,6 @@ CONFIG = {
     "checkpoint": {"every": 1, "keep_last": 3},
     "log": {"progress_bar": False, "tensorboard": False},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

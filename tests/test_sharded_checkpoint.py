@@ -3,7 +3,6 @@ optimizer state restored bit for bit from 2 ranks onto 1 and from 1 onto 2 (gloo
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from mixedr1 import distributed
 from mixedr1.checkpoint import load_train_state, save_checkpoint, save_hf_model
 from mixedr1.models import load_model
 from mixedr1.policy import PolicyModel
+from nodes import free_port
 
 
 def _safetensors(directory: Path) -> dict[str, torch.Tensor]:
@@ -120,10 +120,7 @@ def _worker(rank: int, world: int, port: int, tiny_dir: Path, directory: Path, m
 
 
 def _on_two_ranks(tiny_dir: Path, directory: Path, mode: str) -> dict:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_worker, args=(2, port, tiny_dir, directory, mode), nprocs=2, start_method="spawn")
+    mp.start_processes(_worker, args=(2, free_port(), tiny_dir, directory, mode), nprocs=2, start_method="spawn")
     return torch.load(directory / f"{mode}.pt", weights_only=True)
 
 
