@@ -7,7 +7,7 @@
         tokenizer / processor files                              <- so eval.py and from_pretrained need nothing else
         sharded_state/        torch.distributed.checkpoint (DCP): the fp32 weights and the optimizer state,
                               each rank writing its own shards (__<rank>_0.distcp) and rank 0 the index (.metadata)
-        train_state.pt        step, scheduler, world size, data position (small)
+        train_state.pt        step, scheduler, world size (small; the data order follows from train.seed and the step)
         rng_rank{r}.pt        RNG states of every rank (torch, CUDA, python, numpy)
         manifest.json         size and SHA-256 of every file above, written last
 
@@ -398,7 +398,7 @@ def load_train_state(
     rank: int,
 ) -> dict[str, Any]:
     """Collective: restore the fp32 weights and the optimizer state (resharded onto this world),
-    the scheduler and this rank's RNG; return the saved train state (step, data position…).
+    the scheduler and this rank's RNG; return the saved train state (step, scheduler, world size).
 
     `model` was built from the checkpoint's Hugging Face files; the sharded state then overwrites
     its parameters with the saved ones (the same values; in whatever dtype the export used).
