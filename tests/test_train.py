@@ -143,22 +143,26 @@ def test_two_ranks_give_the_same_losses_and_weights_as_one(tmp_path, extra):
         torch.testing.assert_close(w2[key], w1[key], atol=1e-5, rtol=1e-4)
 
 
-def test_trimmed_micro_batches_give_the_same_run_with_less_padding(tmp_path):
-    """Length-sorted micro-batches cut to their longest row (train.trim_padding) change only which
-    padding is computed: the same losses and weights as rows in order padded to the step's longest."""
+def test_trimmed_and_packed_micro_batches_give_the_same_run_with_less_padding(tmp_path):
+    """Length-sorted micro-batches cut to their longest row (train.trim_padding) and packed sequences
+    (train.packing) change only which padding is computed: the same losses and weights as rows in
+    order padded to the step's longest (the SFT warm-up step and the GRPO steps)."""
+    layouts = {"untrimmed": (False, False), "trimmed": (False, True), "packed": (True, True)}
     runs = {}
-    for trim in (True, False):
-        cfg_path = write_config(tmp_path, f"trim{trim}", train={"micro_batch_size": 3, "trim_padding": trim},
+    for name, (packing, trim) in layouts.items():
+        cfg_path = write_config(tmp_path, name, train={"micro_batch_size": 3, "trim_padding": trim, "packing": packing},
                                 rollout={"max_new_tokens": 16})
         train.main([str(cfg_path)])
-        runs[trim] = metrics(tmp_path / f"trim{trim}")
-    for a, b in zip(runs[True], runs[False]):
-        assert a["loss/total"] == pytest.approx(b["loss/total"], rel=1e-5, abs=1e-9)
-    grpo_a, grpo_b = runs[True][1:], runs[False][1:]
-    assert all(a["perf/padded_token_fraction"] < b["perf/padded_token_fraction"] for a, b in zip(grpo_a, grpo_b))
-    wa, wb = final_weights(tmp_path / "trimTrue"), final_weights(tmp_path / "trimFalse")
-    for key in wa:
-        torch.testing.assert_close(wa[key], wb[key], atol=1e-6, rtol=1e-5)
+        runs[name] = metrics(tmp_path / name)
+    for name in ("trimmed", "packed"):
+        for a, b in zip(runs[name], runs["untrimmed"]):
+            assert a["loss/total"] == pytest.approx(b["loss/total"], rel=1e-5, abs=1e-9), name
+        wa, wb = final_weights(tmp_path / name), final_weights(tmp_path / "untrimmed")
+        for key in wa:
+            torch.testing.assert_close(wa[key], wb[key], atol=1e-6, rtol=1e-5, msg=f"{name}: {key}")
+    for packed, trimmed, untrimmed in zip(runs["packed"][1:], runs["trimmed"][1:], runs["untrimmed"][1:]):
+        fractions = [row["perf/padded_token_fraction"] for row in (packed, trimmed, untrimmed)]
+        assert fractions[0] <= fractions[1] < fractions[2], fractions  # packed, trimmed, untrimmed
 
 
 def test_policy_learns_a_reachable_reward(tmp_path, monkeypatch):
