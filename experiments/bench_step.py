@@ -13,9 +13,10 @@ reference, update) and tokens/s per device (prompt + completion tokens of the st
 `--lengths uniform` (the default) makes the workload's completion lengths spread uniformly from 16
 to `--max-new-tokens`, as real rollouts do: the sampler runs with no end-of-sequence token (every
 row samples the full length) and each row is then cut to a seeded uniform length, so the reference
-and update forwards see that spread. The step runs twice, side by side, with `train.trim_padding`
-on and off, and the last line prints `padded_token_fraction=` (forward positions ÷ real tokens − 1
-in the reference and update forwards) for both.
+and update forwards see that spread. The step runs three times, side by side: sequence packing
+(`train.packing`), length-sorted micro-batches each trimmed to its longest row (`train.trim_padding`),
+and neither; the last line prints `padded_token_fraction=` (forward positions ÷ real tokens − 1 in
+the reference and update forwards) for the three, then each phase's seconds as packed/trimmed/untrimmed.
 
 The public reference is EasyR1's ~1,800 tokens/s/GPU for Qwen2.5-VL-3B on H100 with vLLM rollouts;
 compare only at the same workload (prompts, group size, completion length).
@@ -87,8 +88,17 @@ def uniform_lengths(rollout_in_chunks, low: int, seed: int = 0):
     return cut
 
 
-def run_once(args, work: Path, model_dir: Path, trim: bool) -> dict:
-    run_dir = work / f"run-trim-{trim}"
+LAYOUTS = {  # name -> (train.packing, train.trim_padding)
+    "packed": (True, True),
+    "trimmed": (False, True),
+    "untrimmed": (False, False),
+}
+PHASES = ("rollout", "reward", "reference", "update", "step")
+
+
+def run_once(args, work: Path, model_dir: Path, layout: str) -> dict:
+    run_dir = work / f"run-{layout}"
+    packing, trim = LAYOUTS[layout]
     overrides = [
         f"output_dir={run_dir}", f"model.path={model_dir}", "data.synth_items=8", "data.synth_heldout_items=0",
         f"rollout.group_size={args.group_size}", f"rollout.max_new_tokens={args.max_new_tokens}",
@@ -96,6 +106,7 @@ def run_once(args, work: Path, model_dir: Path, trim: bool) -> dict:
         f"train.prompts_per_step={args.prompts}", f"train.micro_batch_size={args.micro_batch}",
         "checkpoint.every=0", "checkpoint.keep_last=1", "log.progress_bar=false", "log.tensorboard=false", "train.overwrite=true",
         "train.cpu_threads=1" if args.size == "tiny" else "train.cpu_threads=0", f"train.trim_padding={str(trim).lower()}",
+        f"train.packing={str(packing).lower()}",
     ]
     if args.size != "tiny":
         overrides.append("model.gradient_checkpointing=true")
@@ -111,7 +122,9 @@ def run_once(args, work: Path, model_dir: Path, trim: bool) -> dict:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][1:]
     if not rows:
         raise SystemExit("need --steps >= 2 (the first step is a warm-up)")
-    return {key: statistics.mean(r[key] for r in rows) for key in rows[0] if isinstance(rows[0][key], (int, float))}
+    # Per-type metrics are absent from steps without that type: average each key over the steps that have it.
+    keys = {key for r in rows for key, value in r.items() if isinstance(value, (int, float))}
+    return {key: statistics.mean(r[key] for r in rows if key in r) for key in keys}
 
 
 def main(argv=None) -> None:
@@ -132,19 +145,20 @@ def main(argv=None) -> None:
     model_dir = work / f"model-{args.size}"
     if not (model_dir / "config.json").is_file():
         build_tiny_model(model_dir) if args.size == "tiny" else build_sized_model(model_dir, args.size)
-    results = {trim: run_once(args, work, model_dir, trim) for trim in (True, False)}
+    results = {layout: run_once(args, work, model_dir, layout) for layout in LAYOUTS}
 
-    on, off = results[True], results[False]
     print(f"\nworkload: model={args.size} prompts/step={args.prompts} G={args.group_size} "
           f"max_new_tokens={args.max_new_tokens} lengths={args.lengths} micro_batch={args.micro_batch} beta={args.beta} "
-          f"steps averaged={args.steps - 1} mean completion length={on['completions/mean_length']:.1f}")
-    print(f"{'phase':<12}{'trim_padding':>14}{'no trim':>10}   (seconds)")
-    for phase in ("rollout", "reward", "reference", "update", "step"):
-        print(f"{phase:<12}{on['time/' + phase]:>14.3f}{off['time/' + phase]:>10.3f}")
-    print(f"tokens_per_s_per_device={on['perf/tokens_per_s_per_device']:.1f} "
-          f"(no trim: {off['perf/tokens_per_s_per_device']:.1f})")
-    print(f"padded_token_fraction={on['perf/padded_token_fraction']:.3f} "
-          f"(no trim: {off['perf/padded_token_fraction']:.3f})")
+          f"steps averaged={args.steps - 1} mean completion length={results['trimmed']['completions/mean_length']:.1f}")
+    print(f"{'phase':<12}" + "".join(f"{layout:>12}" for layout in LAYOUTS) + "   (seconds)")
+    for phase in PHASES:
+        print(f"{phase:<12}" + "".join(f"{results[layout]['time/' + phase]:>12.3f}" for layout in LAYOUTS))
+    print("tokens_per_s_per_device=" + " ".join(f"{layout}:{results[layout]['perf/tokens_per_s_per_device']:.1f}" for layout in LAYOUTS))
+    packed, trimmed, untrimmed = (results[layout] for layout in LAYOUTS)
+    times = " ".join(f"{phase}={packed['time/' + phase]:.3f}/{trimmed['time/' + phase]:.3f}/{untrimmed['time/' + phase]:.3f}"
+                     for phase in PHASES)
+    print(f"padded_token_fraction={packed['perf/padded_token_fraction']:.3f} (trimmed: {trimmed['perf/padded_token_fraction']:.3f}, "
+          f"untrimmed: {untrimmed['perf/padded_token_fraction']:.3f}) seconds packed/trimmed/untrimmed: {times}")
 
 
 if __name__ == "__main__":
