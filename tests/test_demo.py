@@ -42,16 +42,17 @@ def test_short_demo_logs_heldout_metrics_curves_and_samples(tmp_path):
 
 @pytest.mark.slow
 def test_demo_grpo_learns_the_answers_the_warmup_did_not_teach(tmp_path):
-    """configs/demo.yaml cut to 150 of its 300 GRPO steps (~1.5 min on 2 cores). The warm-up leaves
-    the greedy held-out answers at the majority-class rate (one constant answer per type); GRPO then
-    has only the reward to learn from. Margin: the mean held-out accuracy over yorn and mcq ends at
-    least 0.25 above both the majority-class rate (0.375) and the pre-GRPO accuracy (the full demo
-    reaches 1.0, README)."""
-    summary = train.main([str(ROOT / "configs" / "demo.yaml"), f"output_dir={tmp_path / 'demo'}",
-                          "train.steps=150", "log.eval_every=0"])
+    """configs/demo.yaml as shipped (~3.5 min on 2 cores). The warm-up leaves the greedy held-out
+    answers at the majority-class rate (one constant answer per type); GRPO then has only the reward
+    to learn from. Margin, issue 15's target: the mean held-out accuracy over yorn and mcq ends at
+    least 0.30 above both the majority-class rate (0.375) and the pre-GRPO accuracy. Where it lands
+    depends on the trajectory (rounding included): train.seed 0 / 1 / 2 ended at 0.75 / 1.0 / 0.875,
+    and at step 310 (half the steps) at 0.575 / 0.75 / 0.375 (experiments/LOG.md), so the test runs
+    every step."""
+    summary = train.main([str(ROOT / "configs" / "demo.yaml"), f"output_dir={tmp_path / 'demo'}", "log.eval_every=0"])
     types = ("yorn", "mcq")
     majority = sum(summary["majority"][t] for t in types) / len(types)
     before = sum(summary["before"][f"accuracy/{t}"] for t in types) / len(types)
     after = sum(summary["after"][f"accuracy/{t}"] for t in types) / len(types)
     assert majority == pytest.approx(0.375)  # balanced held-out items: 0.5 (yorn), 0.25 (mcq)
-    assert after >= majority + 0.25 and after >= before + 0.25, (majority, before, after)
+    assert after >= majority + 0.30 and after >= before + 0.30, (majority, before, after)
