@@ -7,9 +7,13 @@ LOCAL_RANK 0, so a script that took LOCAL_RANK for RANK, or assumed `--standalon
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -37,3 +41,15 @@ def run_two_nodes(script_and_args: list[str], *, cwd, env: dict, timeout: float)
               for rank, (node, out) in enumerate(zip(nodes, outputs)) if node.returncode != 0]
     assert not failed, "\n---\n".join(failed)
     return "\n".join(outputs)
+
+
+def write_launcher(path: Path, *body: str) -> Path:
+    """A script for run_two_nodes that imports from the repository and tests/, then runs `body`
+    (lines of Python: install a scripted sampler, call an entry point's main with sys.argv[1:])."""
+    path.write_text("\n".join(["import sys", f"sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]", *body]) + "\n")
+    return path
+
+
+def node_env() -> dict:
+    """One thread per process, no GPU, the repository importable."""
+    return dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO))

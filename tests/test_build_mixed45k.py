@@ -7,7 +7,6 @@ with 2 ranks gives the same files. The composer's nested presets are checked on 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from mixedr1.config import InputError
 from mixedr1.data import compose
 from mixedr1.data import convert as conv
 from test_convert import cell, conversation, picture, write_parquet
-from nodes import run_two_nodes
+from nodes import node_env, run_two_nodes, write_launcher
 
 REPO = Path(__file__).resolve().parents[1]
 K = 3
@@ -238,18 +237,11 @@ def test_sources_yaml_errors_name_file_entry_and_field(raw, tmp_path):
 def test_two_nodes_build_what_one_process_builds(built, raw, tiny_qwen_dir, tmp_path):
     """Two ranks as two torchrun "nodes" of one rank each (tests/nodes.py): the same files."""
     one, _ = built
-    launcher = tmp_path / "launch_build.py"
-    launcher.write_text(
-        "import sys\n"
-        f"sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]\n"
-        "from test_build_mixed45k import install_scripted_sampler\n"
-        "install_scripted_sampler()\n"
-        "from experiments import build_mixed45k\n"
-        "build_mixed45k.POLL_S = 0.1\n"
-        "build_mixed45k.main(sys.argv[1:])\n"
-    )
+    launcher = write_launcher(tmp_path / "launch_build.py", "from test_build_mixed45k import install_scripted_sampler",
+                              "install_scripted_sampler()", "from experiments import build_mixed45k",
+                              "build_mixed45k.POLL_S = 0.1", "build_mixed45k.main(sys.argv[1:])")
     out = tmp_path / "mixed"
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO))
+    env = node_env()
     run_two_nodes([str(launcher), *argv(raw, tiny_qwen_dir, out)], cwd=REPO, env=env, timeout=300)
     for name in ("mapqa", "geoqa", "chartqa"):
         kept = build.kept_file(out, name)

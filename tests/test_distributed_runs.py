@@ -23,19 +23,12 @@ from safetensors.torch import load_file
 import train
 from experiments import launch
 from nodes import free_port
-from test_train import metrics
+from test_train import BASE, metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-CONFIG = {
-    "model": {"path": "tiny"},
-    "data": {"synth_items": 2},
-    "rollout": {"group_size": 4, "max_new_tokens": 8, "prompts_per_batch": 1},
-    "optim": {"lr": 1.0e-3},
-    "train": {"steps": 2, "prompts_per_step": 4, "micro_batch_size": 8, "sft_warmup_steps": 1},
-    "checkpoint": {"every": 1, "keep_last": 3},
-    "log": {"progress_bar": False, "tensorboard": False},
-}
+CONFIG = {**BASE, "rollout": {**BASE["rollout"], "prompts_per_batch": 1},  # test_train's run, one prompt per sampler call
+          "checkpoint": {"every": 1, "keep_last": 3}, "log": {"progress_bar": False, "tensorboard": False}}
 
 
 @pytest.fixture(scope="module")

@@ -177,15 +177,13 @@ def test_torchrun_two_nodes_match_one_process(ckpt, data_root, tmp_path):
     """Items are split across ranks by index and gathered to rank 0: the results equal a single
     process's (batch size 1, so every item is computed alone in both runs). The two ranks are two
     torchrun "nodes" of one rank each (tests/nodes.py), as `torchrun --nnodes 2` runs them."""
-    import os
-
-    from nodes import run_two_nodes
+    from nodes import node_env, run_two_nodes
 
     names = "mmbench,ai2d"
     single = run(ckpt, data_root, tmp_path / "single.json", "--benchmarks", names, "--batch-size", "1")
     output = tmp_path / "ranks.json"
     # CPU for both ranks (a one-GPU machine has no cuda:1); gloo is the backend there.
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="")
+    env = node_env()
     run_two_nodes([str(REPO / "eval.py"), "--ckpt", str(ckpt), "--data-root", str(data_root), "--output", str(output),
                    "--benchmarks", names, "--limit", "2", "--max-new-tokens", "16", "--batch-size", "1"],
                   cwd=REPO, env=env, timeout=600)

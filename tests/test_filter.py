@@ -8,7 +8,6 @@ non-trivial and still depend on the seeded sampling (resume, 2 ranks = 1 rank).
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from mixedr1 import data_engine as filter_cli
 from mixedr1.data.prompt import model_frame_box
 from mixedr1.data.synth import write_synthetic_dataset
 from mixedr1.models import load_processor
-from nodes import run_two_nodes
+from nodes import node_env, run_two_nodes, write_launcher
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_SAMPLER = filter_cli.sample_completions
@@ -211,17 +210,11 @@ def test_resume_after_a_kill_is_byte_identical(uninterrupted, tiny, data, tmp_pa
 @pytest.mark.slow
 def test_two_nodes_keep_what_one_process_keeps(uninterrupted, tiny, data, tmp_path):
     """Two ranks as two torchrun "nodes" of one rank each (tests/nodes.py): the same kept items and report."""
-    launcher = tmp_path / "launch_filter.py"
-    launcher.write_text(
-        "import sys\n"
-        f"sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]\n"
-        "from test_filter import install_parity_sampler\n"
-        "install_parity_sampler()\n"
-        "from mixedr1 import data_engine\n"
-        "data_engine.main(sys.argv[1:], poll_s=0.1)\n"
-    )
+    launcher = write_launcher(tmp_path / "launch_filter.py", "from test_filter import install_parity_sampler",
+                              "install_parity_sampler()", "from mixedr1 import data_engine",
+                              "data_engine.main(sys.argv[1:], poll_s=0.1)")
     out = tmp_path / "kept.jsonl"
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO))
+    env = node_env()
     run_two_nodes([str(launcher), "--model", str(tiny), "--data", str(data), "--out", str(out), "--samples", str(K),
                    "--max-new-tokens", "6", "--batch-size", "2"], cwd=REPO, env=env, timeout=300)
     assert sorted(p.name for p in tmp_path.glob("kept.results.rank*.jsonl")) == ["kept.results.rank0.jsonl", "kept.results.rank1.jsonl"]
