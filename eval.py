@@ -41,7 +41,8 @@ import torch
 from tqdm import tqdm
 
 from mixedr1.config import run_main
-from mixedr1.distributed import all_gather_objects, barrier, destroy_distributed, init_distributed, print0
+from mixedr1.distributed import (all_gather_objects, barrier, check_shared_folder, destroy_distributed, init_distributed,
+                                 print0)
 from mixedr1.evaluation import BENCHMARKS, TABLE1, THINKING_MAX_NEW_TOKENS, EvalItem, limit_items, max_new_tokens
 from mixedr1.evaluation.benchmarks import FILES, BenchmarkDataError, check_unique_ids, expected_layout
 from mixedr1.evaluation.prompts import PROMPT_MODES, build_messages, prompt_text
@@ -292,6 +293,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     # 2. What this rank still has to generate: its share (by index), minus what the cache holds.
     caps = {name: args.max_new_tokens or max_new_tokens(name, args.prompt) for name in all_items}
+    check_shared_folder(args.output.parent, "eval.py's --output (rank 0 reads every rank's predictions)")
     cache = load_cache(args.output)
     barrier()  # every rank has read the caches before any rank appends to its own
     keys = {

@@ -218,7 +218,8 @@ def grpo_step(run: Run, step_records: list[Record], step: int) -> dict:
     # ---- sequences and image features, shared by the reference and every update -------------------
     seq = build_sequences(hf, batch.input_ids, batch.attention_mask, batch.image_layout,
                           rollout.completion_ids, rollout.completion_mask, rollout.prompt_index)
-    micro_batches = seq.micro_batches(cfg.train.micro_batch_size, cfg.train.trim_padding, cfg.train.packing, cfg.train.max_tokens_per_micro_batch)
+    micro_batches = seq.micro_batches(cfg.train.micro_batch_size, trim=cfg.train.trim_padding, packing=cfg.train.packing,
+                                      max_tokens=cfg.train.max_tokens_per_micro_batch)  # [(rows [n], micro-batch)]
     frozen_features = None
     if cfg.model.freeze_vision:
         with torch.no_grad():
@@ -304,7 +305,8 @@ def sft_step(run: Run, step_records: list[Record]) -> dict:
             frozen = features_per_prompt(policy.hf, batch.pixel_values, batch.image_layout, batch.images_per_prompt.tolist())
     num_tokens = float(distributed.all_reduce_sum(completion_mask.sum().double().to(device)))
     stats = defaultdict(float)
-    micro_batches = seq.micro_batches(cfg.train.micro_batch_size, cfg.train.trim_padding, cfg.train.packing, cfg.train.max_tokens_per_micro_batch)
+    micro_batches = seq.micro_batches(cfg.train.micro_batch_size, trim=cfg.train.trim_padding, packing=cfg.train.packing,
+                                      max_tokens=cfg.train.max_tokens_per_micro_batch)  # [(rows [n], micro-batch)]
     for i, (idx, mb) in enumerate(micro_batches):
         logprobs, _ = policy(mb, image_embeds_for(policy, batch, mb, frozen))
         loss = -(logprobs * mb.completion_mask).sum() / num_tokens  # contribution to the global token mean

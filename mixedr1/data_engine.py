@@ -440,6 +440,7 @@ def main(argv: Optional[Sequence[str]] = None, poll_s: float = 2.0) -> dict:
 
     items = read_items(args.data, args.data_root)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    distributed.check_shared_folder(args.out.parent, "the data engine's --out (rank 0 reads every rank's results)")
     done = set(load_results(args.out, items, settings_sha))
     distributed.print0(f"filter: {len(items)} items in {args.data}, {len(done)} already scored ({results_file(args.out, 0).name} ...)")
     sample_ranks_share(args, cfg, items, done, settings_sha, dist)

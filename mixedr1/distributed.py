@@ -16,12 +16,17 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import socket
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from mixedr1.config import InputError
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,38 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+class SharedFolderError(InputError):
+    """A folder that a multi-process job needs on one filesystem is not seen alike by every rank."""
+
+
+def check_shared_folder(folder: Path, purpose: str) -> None:
+    """Refuse to start when some rank cannot see what rank 0 writes in `folder`: checkpoints (each rank
+    writes its own shards, rank 0 the manifest) and the per-rank result files of eval.py and the data
+    engine (rank 0 reads every rank's) need a filesystem shared by all nodes. Rank 0 writes a file with
+    a fresh token, every rank reads it back, the ranks that cannot are named with their host. Collective;
+    nothing to do in a world of one."""
+    if not _active():
+        return
+    main = dist.get_rank() == 0
+    token = broadcast_object(uuid.uuid4().hex if main else None)
+    probe = Path(folder) / f".shared-check-{token}"
+    if main:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_text(token)
+    barrier()
+    try:
+        seen = probe.read_text() == token
+    except OSError:
+        seen = False
+    views = all_gather_objects((seen, socket.gethostname()))
+    if main:
+        probe.unlink(missing_ok=True)
+    blind = [f"rank {rank} on {host}" for rank, (ok, host) in enumerate(views) if not ok]
+    if blind:
+        raise SharedFolderError(f"{folder}: {', '.join(blind)} cannot see a file rank 0 wrote there; {purpose} needs a "
+                                f"folder on a filesystem every node shares (NFS, Lustre, a mounted bucket): set it to one")
 
 
 def mean_over_ranks(sums: dict[str, float]) -> dict[str, float]:

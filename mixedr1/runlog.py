@@ -228,4 +228,5 @@ def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool, is_main: bool) -
         if is_main:
             shutil.rmtree(run_dir)
         distributed.barrier()
+    distributed.check_shared_folder(run_dir, "output_dir (each rank writes its checkpoint shards there)")
     return find_resume_checkpoint(run_dir) if resume else (None, [])
