@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         for line in passed_over:
             log.warning(line)
-        return train(cfg, dist, log, run_dir, resume_from, total_steps)
+        summary = train(cfg, dist, log, run_dir, resume_from, total_steps)
+        distributed.barrier()  # every rank has finished before any tears the group down
+        return summary
     finally:
         log.close()
         distributed.destroy_distributed()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
 import socket
 import uuid
@@ -59,7 +60,12 @@ def init_distributed(backend: str = "auto", device: str = "auto") -> DistInfo:
 
 
 def destroy_distributed() -> None:
+    """Leave the process group, after collecting garbage: FSDP2 modules and finished gloo work still
+    holding tensors must not outlive the group into interpreter shutdown, where their destruction can
+    abort the process (SIGABRT, "terminate called without an active exception"; seen once for rank 1
+    of a two-node gloo test that had finished its work; pytorch/pytorch#179291 describes the mechanism)."""
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
